@@ -1,0 +1,46 @@
+"""celery-reliable: exactly-once effects and reliability guards for Celery tasks."""
+
+from __future__ import annotations
+
+from .config import ReliableConfig, get_config
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    DuplicateExecution,
+    IdempotencyError,
+    IdempotencyKeyError,
+    IdempotencyKeyMismatch,
+    KeyInProgress,
+    ReliableError,
+    ResultNotSerializable,
+    SerializationError,
+    TransactionError,
+    UnknownOptionError,
+)
+from .install import install
+from .maintenance import beat_schedule
+from .options import Idempotency
+from .task import ReliableTask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigurationError",
+    "DuplicateExecution",
+    "Idempotency",
+    "IdempotencyError",
+    "IdempotencyKeyError",
+    "IdempotencyKeyMismatch",
+    "KeyInProgress",
+    "ReliableConfig",
+    "ReliableError",
+    "ReliableTask",
+    "ResultNotSerializable",
+    "SerializationError",
+    "TransactionError",
+    "UnknownOptionError",
+    "beat_schedule",
+    "get_config",
+    "install",
+]

@@ -1,0 +1,53 @@
+"""The worker bootstep: checks settings and Redis at start, runs the deferred-set pump."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+
+from .checks import check_redis
+from .config import get_config
+from .deferred.pump import Pump
+from .runtime import runtime
+
+logger = logging.getLogger("celery_reliable")
+
+
+class ReliableStep(bootsteps.StartStopStep):
+    """Started in every worker (the parent process) by :func:`celery_reliable.install`."""
+
+    label = "celery-reliable"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        # Parse the settings now: a wrong or unknown reliable_* setting stops the worker
+        # at start-up with a message naming it, not at the first task.
+        self.config = get_config(worker.app)
+        self.pump: Pump | None = None
+        super().__init__(worker, **kwargs)
+
+    def start(self, worker: Any) -> None:
+        rt = runtime(worker.app)
+        if self.config.check_redis:
+            for problem in check_redis(rt.redis):
+                logger.warning("celery-reliable: %s", problem)
+        try:  # in the main thread: also loads the database driver before any fork
+            rt.warm_up()
+        except Exception as exc:
+            logger.warning("celery-reliable: start-up warm-up failed, the pump will retry: %r", exc)
+        if not self.config.pump_enabled:
+            return
+        self.pump = Pump(
+            worker.app, rt.deferred(), interval=self.config.pump_interval_ms / 1000.0,
+            batch=self.config.pump_batch, lease_ms=self.config.pump_lease_ms,
+            on_maintenance=rt.warm_up,
+        )
+        self.pump.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+
+    shutdown = stop

@@ -1,0 +1,147 @@
+"""Parse the ``reliable_*`` settings once into a typed :class:`ReliableConfig`."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .defaults import SETTINGS, SETTINGS_BY_NAME, Setting
+from .errors import ConfigurationError, UnknownOptionError
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+_CACHE_ATTR = "_celery_reliable_config"
+
+
+@dataclass(frozen=True)
+class ReliableConfig:
+    """The settings of one app, checked and normalised (durations in milliseconds)."""
+
+    redis_url: str
+    database_url: str | None
+    key_prefix: str
+    idempotency_ttl_ms: int
+    claim_lease_ms: int
+    busy_delay_ms: int
+    defer_jitter_ms: int
+    defer_threshold_ms: int
+    pump_enabled: bool
+    pump_interval_ms: int
+    pump_batch: int
+    pump_lease_ms: int
+    cleanup_batch: int
+    cleanup_interval_ms: int
+    send_events: bool
+    check_redis: bool
+
+
+def duration_ms(name: str, value: Any) -> int:
+    """Normalise a duration (seconds or timedelta) to whole milliseconds.
+
+    Raises:
+        ConfigurationError: for a negative value or a value of another type.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigurationError(
+            name, f"expected seconds (int or float) or a timedelta, got {type(value).__name__} {value!r}"
+        )
+    if seconds < 0 or seconds != seconds:
+        raise ConfigurationError(name, f"must be a non-negative duration, got {value!r}")
+    return int(round(seconds * 1000))
+
+
+def _check(setting: Setting, value: Any) -> Any:
+    name, kind = setting.name, setting.kind
+    if kind == "duration":
+        return duration_ms(name, value)
+    if kind in ("str", "optional_str"):
+        if value is None and kind == "optional_str":
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(name, f"expected a non-empty string, got {type(value).__name__} {value!r}")
+        return value
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigurationError(name, f"expected a positive int, got {type(value).__name__} {value!r}")
+        return value
+    if kind in ("bool", "optional_bool"):
+        if value is None and kind == "optional_bool":
+            return None
+        if not isinstance(value, bool):
+            raise ConfigurationError(name, f"expected True or False, got {type(value).__name__} {value!r}")
+        return value
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def check_unknown(names: Any) -> None:
+    """Raise :class:`UnknownOptionError` for a ``reliable_*`` name we do not define."""
+    for name in names:
+        if isinstance(name, str) and name.lower().startswith("reliable_") and name not in SETTINGS_BY_NAME:
+            close = difflib.get_close_matches(name, SETTINGS_BY_NAME, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownOptionError(name, f"unknown celery-reliable setting{hint}")
+
+
+def _default_redis_url(app: Celery) -> str:
+    broker = app.conf.broker_url or ""
+    if isinstance(broker, str) and broker.startswith(("redis://", "rediss://", "unix://")):
+        return broker
+    raise ConfigurationError(
+        "reliable_redis_url",
+        "not set, and the broker is not Redis; set app.conf.reliable_redis_url = 'redis://host:6379/1'",
+    )
+
+
+def parse(app: Celery) -> ReliableConfig:
+    """Check every ``reliable_*`` setting of ``app`` and build its config.
+
+    Raises:
+        ConfigurationError: naming the first wrong setting.
+        UnknownOptionError: naming a ``reliable_*`` setting that does not exist.
+    """
+    conf = app.conf
+    check_unknown(list(conf.keys()))
+    values = {s.name: _check(s, conf.get(s.name, s.default)) for s in SETTINGS}
+    redis_url = values["reliable_redis_url"] or _default_redis_url(app)
+    send_events = values["reliable_send_events"]
+    if send_events is None:
+        send_events = bool(conf.get("worker_send_task_events"))
+    return ReliableConfig(
+        redis_url=redis_url,
+        database_url=values["reliable_database_url"],
+        key_prefix=values["reliable_key_prefix"],
+        idempotency_ttl_ms=max(values["reliable_idempotency_ttl"], 1000),
+        claim_lease_ms=max(values["reliable_claim_lease"], 300),
+        busy_delay_ms=values["reliable_busy_delay"],
+        defer_jitter_ms=values["reliable_defer_jitter"],
+        defer_threshold_ms=values["reliable_defer_threshold"],
+        pump_enabled=values["reliable_pump_enabled"],
+        pump_interval_ms=max(values["reliable_pump_interval"], 10),
+        pump_batch=values["reliable_pump_batch"],
+        pump_lease_ms=max(values["reliable_pump_lease"], 1000),
+        cleanup_batch=values["reliable_cleanup_batch"],
+        cleanup_interval_ms=max(values["reliable_cleanup_interval"], 1000),
+        send_events=send_events,
+        check_redis=values["reliable_check_redis"],
+    )
+
+
+def get_config(app: Celery) -> ReliableConfig:
+    """Return the app's config, parsing the settings on first use."""
+    cached: ReliableConfig | None = app.__dict__.get(_CACHE_ATTR)
+    if cached is None:
+        cached = parse(app)
+        app.__dict__[_CACHE_ATTR] = cached
+    return cached
+
+
+def reset_config(app: Celery) -> None:
+    """Forget the parsed config so the next :func:`get_config` reads settings again."""
+    app.__dict__.pop(_CACHE_ATTR, None)

@@ -1,0 +1,138 @@
+"""The pump: moves due tasks from the deferred set back to their queues."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from celery import signature
+
+from .store import DeferredSet
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+# A prefork parent forks new children at any moment (respawns after a crash, or
+# max_tasks_per_child). A child forked while the pump thread held a lock (the import
+# lock during a lazy import, a connection pool's lock) would inherit it held and hang.
+# Forks wait for the pump's current step to finish instead.
+_fork_guard = threading.Lock()
+
+
+def _reinit_guard() -> None:
+    global _fork_guard
+    _fork_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=lambda: _fork_guard.acquire(),
+        after_in_parent=lambda: _fork_guard.release(),
+        after_in_child=_reinit_guard,
+    )
+
+#: Seconds between sweeps of expired in-flight leases (and the Redis warmth check).
+MAINTENANCE_EVERY = 5.0
+
+
+def publish_entry(app: Celery, raw: bytes, producer: object = None) -> None:
+    """Publish one deferred entry as the task message it was, same task id and retries.
+
+    Raises:
+        ValueError: when the entry is not a deferred-set entry.
+        Exception: whatever the broker raised while publishing.
+    """
+    data = DeferredSet.decode(raw)
+    sig = dict(data["sig"])
+    name = sig.get("task")
+    if not isinstance(name, str):
+        raise ValueError("deferred entry names no task")
+    options = dict(sig.get("options") or {})
+    if name in app.tasks:
+        signature(sig, app=app).apply_async(producer=producer)
+    else:  # published by another app with tasks we do not import: send by name
+        app.send_task(name, sig.get("args") or (), sig.get("kwargs") or {}, producer=producer, **options)
+
+
+class Pump:
+    """Moves due entries to their queues, sweeps stale leases, re-warms Redis.
+
+    Args:
+        app: the Celery app whose producer pool publishes.
+        deferred: the deferred set.
+        interval: seconds between looks when nothing is due.
+        batch: most entries moved per step.
+        lease_ms: how long a taken entry may stay in flight.
+        on_maintenance: called every few seconds (Redis warm-up and the like).
+    """
+
+    def __init__(
+        self, app: Celery, deferred: DeferredSet, interval: float, batch: int, lease_ms: int,
+        on_maintenance: object = None,
+    ) -> None:
+        self.app = app
+        self.deferred = deferred
+        self.interval = interval
+        self.batch = batch
+        self.lease_ms = lease_ms
+        self.on_maintenance = on_maintenance
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.moved = 0
+
+    def step(self) -> int:
+        """Move one batch of due entries; returns how many were published."""
+        entries = self.deferred.take(self.batch, self.lease_ms)
+        if not entries:
+            return 0
+        sent: list[bytes] = []
+        with self.app.producer_or_acquire() as producer:
+            for raw in entries:
+                try:
+                    publish_entry(self.app, raw, producer)
+                except (ValueError, KeyError, TypeError) as exc:
+                    logger.error("deferred entry cannot be sent, kept in the broken set: %r", exc)
+                    self.deferred.bury(raw)
+                    continue
+                except Exception as exc:  # broker trouble: the sweep puts it back later
+                    logger.warning("publishing a deferred task failed, it will be retried: %r", exc)
+                    continue
+                sent.append(raw)
+        self.deferred.ack(sent)
+        self.moved += len(sent)
+        return len(sent)
+
+    def run(self) -> None:
+        """Loop until :meth:`stop`; survives Redis and broker outages."""
+        next_maintenance = 0.0
+        while not self._stop.is_set():
+            try:
+                with _fork_guard:
+                    moved = self.step()
+                    now = time.monotonic()
+                    if now >= next_maintenance:
+                        next_maintenance = now + MAINTENANCE_EVERY
+                        self.deferred.sweep()
+                        if callable(self.on_maintenance):
+                            self.on_maintenance()
+            except Exception as exc:
+                logger.warning("deferred-set pump step failed: %r", exc)
+                moved = 0
+            if moved < self.batch:
+                self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        """Run the loop in a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="reliable-pump", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

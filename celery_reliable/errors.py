@@ -1,0 +1,151 @@
+"""Exceptions raised by celery-reliable.
+
+Every exception derives from :class:`ReliableError`::
+
+    ReliableError
+    ├── ConfigurationError          a setting or task option is wrong
+    │   └── UnknownOptionError      a task option or setting name nobody knows
+    ├── IdempotencyError
+    │   ├── IdempotencyKeyError      the key cannot be built from the call
+    │   ├── IdempotencyKeyMismatch   same key, different arguments
+    │   ├── KeyInProgress            the key runs elsewhere (eager calls only)
+    │   ├── DuplicateExecution       another execution already committed this key
+    │   └── ResultNotSerializable    the task's result cannot be stored as JSON
+    ├── SerializationError           arguments that cannot be encoded as JSON
+    ├── TransactionError             misuse of ``self.transaction()``
+    └── BackendUnavailable           Redis or the database cannot be reached
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ReliableError(Exception):
+    """Root of every error raised by celery-reliable.
+
+    ``args`` always match the constructor's parameters, so an error raised in a worker
+    comes back from ``AsyncResult.get()`` as the same class (Celery rebuilds exceptions
+    from their type and ``args``); the message is rendered by ``__str__``.
+    """
+
+    message: str = ""
+
+    def __str__(self) -> str:
+        return self.message or super().__str__()
+
+
+class ConfigurationError(ReliableError, ValueError):
+    """A ``reliable_*`` setting or a task option has a wrong value or type.
+
+    Attributes:
+        name: the setting or option at fault.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        self.message = f"{name}: {message}"
+        super().__init__(name, message)
+
+
+class UnknownOptionError(ConfigurationError):
+    """A ``reliable_*`` setting or a ReliableTask option that does not exist."""
+
+
+class IdempotencyError(ReliableError):
+    """Base class of idempotency-key errors.
+
+    Attributes:
+        key: the idempotency key concerned, when known.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(message, key)
+
+
+class IdempotencyKeyError(IdempotencyError, ValueError):
+    """The idempotency key could not be derived from the call's arguments."""
+
+
+class IdempotencyKeyMismatch(IdempotencyError):
+    """The key was used before with different arguments.
+
+    Replaying the stored result would answer a different request, so the call fails
+    instead.
+
+    Attributes:
+        stored_fingerprint: fingerprint of the arguments the key was first used with.
+        fingerprint: fingerprint of this call's arguments.
+    """
+
+    def __init__(self, key: str, stored_fingerprint: str, fingerprint: str) -> None:
+        self.stored_fingerprint = stored_fingerprint
+        self.fingerprint = fingerprint
+        super().__init__(
+            f"idempotency key {key!r} was first used with different arguments "
+            f"(stored fingerprint {stored_fingerprint[:12]}…, this call {fingerprint[:12]}…); "
+            "use a new key for a new request",
+            key,
+        )
+        self.args = (key, stored_fingerprint, fingerprint)
+
+
+class KeyInProgress(IdempotencyError):
+    """The key is being executed elsewhere; raised only where deferring is impossible.
+
+    Attributes:
+        retry_after: seconds the other execution's lease still runs.
+    """
+
+    def __init__(self, key: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"idempotency key {key!r} is in progress elsewhere; try again in {retry_after:.1f}s", key)
+        self.args = (key, retry_after)
+
+
+class DuplicateExecution(IdempotencyError):
+    """Another execution of this key already committed; this transaction was rolled back.
+
+    Raised out of ``self.transaction()``; ReliableTask catches it and returns the stored
+    result, so a task body normally never sees it escape.
+    """
+
+
+class ResultNotSerializable(IdempotencyError, TypeError):
+    """A task with an idempotency key returned a value that is not JSON."""
+
+
+class SerializationError(ReliableError, TypeError):
+    """A value cannot be encoded as JSON.
+
+    Attributes:
+        where: what was being encoded (``"args[1]"``, ``"kwargs['when']"``, ...).
+    """
+
+    def __init__(self, where: str, value: Any) -> None:
+        self.where = where
+        kind = value if isinstance(value, str) and value.startswith("<") else f"<{type(value).__name__}>"
+        self.message = (
+            f"{where} holds a value of type {kind.strip('<>')}, which cannot be stored as JSON; "
+            "pass str, int, float (finite), bool, None, list or dict values"
+        )
+        super().__init__(where, kind)
+
+
+class TransactionError(ReliableError, RuntimeError):
+    """``self.transaction()`` was used where it cannot work."""
+
+
+class BackendUnavailable(ReliableError, ConnectionError):
+    """Redis or the database did not answer.
+
+    Attributes:
+        backend: ``"redis"`` or ``"database"``.
+    """
+
+    def __init__(self, backend: str, message: str) -> None:
+        self.backend = backend
+        self.message = f"{backend}: {message}"
+        super().__init__(backend, message)

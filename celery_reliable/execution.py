@@ -1,0 +1,153 @@
+"""One guarded execution of a ReliableTask in a worker.
+
+The order of the guards (DESIGN.md §4), for this release: idempotency lookup and claim
+(one Redis round trip), the body with its claim renewed by the heartbeat, then
+completion (one Redis round trip, plus the database write when one is configured).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from celery.exceptions import Ignore
+
+from . import _failpoints
+from .errors import IdempotencyKeyMismatch, KeyInProgress, ResultNotSerializable, SerializationError
+from .events import emit
+from .heartbeat import Lease, heartbeat
+from .idempotency import db_store
+from .idempotency.records import COMMITTED, COMPLETED, Record
+from .jsoncodec import dumps, fingerprint
+from .runtime import Runtime, runtime
+
+if TYPE_CHECKING:
+    from celery import Task
+    from celery.app.task import Context
+
+logger = logging.getLogger("celery_reliable")
+
+_HOST = socket.gethostname()
+
+
+@dataclass
+class Execution:
+    """State of the execution running in this context (never stored on the task)."""
+
+    task_name: str
+    task_id: str
+    scoped: str | None = None
+    fingerprint: str = ""
+    ttl_ms: int = 0
+    transaction_used: bool = False
+    committed: bool = False
+    duplicate: Record | None = None
+
+
+current: ContextVar[Execution | None] = ContextVar("celery_reliable_execution", default=None)
+
+
+def defer(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime,
+          delay_ms: int, reason: str) -> NoReturn:
+    """Park this delivery in the deferred set and end it without running (no retry spent)."""
+    sig = task.signature_from_request(req, args, kwargs)
+    entry = rt.deferred().entry(dict(sig), reason)
+    delay_ms += rt.jitter_ms()
+    rt.deferred().park(entry, delay_ms)
+    emit(task, "task-deferred", rt.config.send_events, reason=reason, delay_ms=delay_ms)
+    raise Ignore()
+
+
+def replay(task: Task, rt: Runtime, scoped: str, fp: str, record: Record) -> Any:
+    """Return a stored result for a duplicate, after checking the arguments match."""
+    if record.fingerprint != fp:
+        raise IdempotencyKeyMismatch(scoped, record.fingerprint, fp)
+    if record.state == COMMITTED:
+        logger.warning(
+            "%s[%s]: key %r committed its effects but its result was not stored; returning None",
+            task.name, task.request.id, scoped,
+        )
+    emit(task, "task-deduplicated", rt.config.send_events, key=scoped, original_task_id=record.task_id)
+    return record.result
+
+
+def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run the task body under its guards; the worker's view of one delivery."""
+    spec = task._reliable_spec  # type: ignore[attr-defined]
+    if spec is None:
+        token = current.set(Execution(task.name, req.id))
+        try:
+            return task.run(*args, **kwargs)
+        finally:
+            current.reset(token)
+
+    rt = runtime(task.app)
+    cfg = rt.config
+    scoped = spec.scoped(task.name, args, kwargs)
+    req.idempotency_key = scoped  # the stable key to pass to downstream APIs
+    fp = fingerprint(args, kwargs)
+    ttl_ms = spec.ttl_ms or cfg.idempotency_ttl_ms
+    owner = f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
+    idem = rt.idempotency()
+
+    claim = idem.claim(scoped, owner, cfg.claim_lease_ms, check_epoch=rt.has_database)
+    if claim.status == "done":
+        assert claim.record is not None
+        return replay(task, rt, scoped, fp, claim.record)
+    if claim.status == "busy":
+        if req.is_eager:
+            raise KeyInProgress(scoped, claim.busy_ms / 1000.0)
+        defer(task, req, args, kwargs, rt, min(cfg.busy_delay_ms, claim.busy_ms + 50), reason="key-in-progress")
+    if rt.has_database and not claim.warm:
+        with rt.engine().connect() as conn:
+            stored = db_store.fetch(conn, scoped)
+        if stored is not None:
+            idem.cache(scoped, stored, ttl_ms)
+            idem.release(scoped, owner)
+            return replay(task, rt, scoped, fp, stored)
+
+    _, claim_key, _ = idem.keys(scoped)
+    lease = heartbeat().add(Lease(scoped, cfg.claim_lease_ms, partial(idem.renew, claim_key, owner, cfg.claim_lease_ms)))
+    ex = Execution(task.name, req.id, scoped, fp, ttl_ms)
+    token = current.set(ex)
+    try:
+        _failpoints.hit("after_claim", req.id, cfg.redis_url)
+        try:
+            result = task.run(*args, **kwargs)
+        except BaseException:
+            if ex.duplicate is not None:
+                idem.complete(scoped, owner, ex.duplicate, ttl_ms)
+                return replay(task, rt, scoped, fp, ex.duplicate)
+            if ex.committed:  # effects are in: the key is spent even though the body failed after
+                idem.complete(scoped, owner, Record(fp, req.id, COMMITTED, None), ttl_ms)
+            else:
+                idem.release(scoped, owner)
+            raise
+        if ex.duplicate is not None:
+            idem.complete(scoped, owner, ex.duplicate, ttl_ms)
+            return replay(task, rt, scoped, fp, ex.duplicate)
+        try:
+            result_json = dumps(result, where=f"result of {task.name}")
+        except SerializationError as exc:
+            if not ex.committed:
+                idem.release(scoped, owner)
+            raise ResultNotSerializable(str(exc), scoped) from exc
+        record = Record(fp, req.id, COMPLETED, result_json)
+        if rt.has_database:
+            record = db_store.store_result(
+                rt.engine(), scoped, task.name, fp, req.id, result_json, ttl_ms, committed=ex.committed
+            )
+        idem.complete(scoped, owner, record, ttl_ms)
+        _failpoints.hit("before_ack", req.id, cfg.redis_url)
+        if record.task_id != req.id:  # another execution got there first (Redis had lost the claim)
+            return replay(task, rt, scoped, fp, record)
+        return result
+    finally:
+        heartbeat().remove(lease)
+        current.reset(token)

@@ -1,0 +1,1 @@
+"""Idempotency keys and their two-tier (Redis + database) store."""

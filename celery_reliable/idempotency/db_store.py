@@ -1,0 +1,129 @@
+"""The durable tier: idempotency records in the database (the truth)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from ..schema import idempotency
+from .records import COMMITTED, COMPLETED, Record
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def _record(row: object) -> Record:
+    return Record(
+        fingerprint=row.fingerprint,  # type: ignore[attr-defined]
+        task_id=row.task_id,  # type: ignore[attr-defined]
+        state=row.state,  # type: ignore[attr-defined]
+        result_json=row.result,  # type: ignore[attr-defined]
+    )
+
+
+def fetch(conn: Connection, key: str) -> Record | None:
+    """Return the unexpired record of ``key``, if any."""
+    row = conn.execute(
+        select(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at > utcnow())
+    ).first()
+    return None if row is None else _record(row)
+
+
+def insert_committed(
+    conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, ttl_ms: int
+) -> bool:
+    """Insert the ``committed`` record inside the caller's transaction.
+
+    A savepoint keeps the caller's transaction usable when the key already exists.
+    Expired leftovers of the key are replaced.
+
+    Returns:
+        ``True`` if inserted, ``False`` if an unexpired record of the key exists.
+    """
+    now = utcnow()
+    conn.execute(delete(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at <= now))
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                insert(idempotency).values(
+                    key=key, task_name=task_name, fingerprint=fingerprint, task_id=task_id,
+                    state=COMMITTED, result=None, created_at=now, completed_at=None,
+                    expires_at=now + timedelta(milliseconds=ttl_ms),
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def store_result(
+    engine: Engine, key: str, task_name: str, fingerprint: str, task_id: str,
+    result_json: str, ttl_ms: int, committed: bool,
+) -> Record:
+    """Store the result of ``key``; returns the record that stands (ours or an earlier one).
+
+    ``committed`` says this execution already inserted the ``committed`` row.
+    """
+    now = utcnow()
+    with engine.begin() as conn:
+        if committed:
+            conn.execute(
+                update(idempotency)
+                .where(idempotency.c.key == key, idempotency.c.task_id == task_id)
+                .values(state=COMPLETED, result=result_json, completed_at=now)
+            )
+            return Record(fingerprint, task_id, COMPLETED, result_json)
+        conn.execute(delete(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at <= now))
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(idempotency).values(
+                        key=key, task_name=task_name, fingerprint=fingerprint, task_id=task_id,
+                        state=COMPLETED, result=result_json, created_at=now, completed_at=now,
+                        expires_at=now + timedelta(milliseconds=ttl_ms),
+                    )
+                )
+        except IntegrityError:
+            existing = fetch(conn, key)
+            if existing is not None:
+                return existing
+            raise
+    return Record(fingerprint, task_id, COMPLETED, result_json)
+
+
+def delete_expired(engine: Engine, batch: int) -> int:
+    """Delete expired records in batches of ``batch`` rows; returns how many went."""
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            keys = select(idempotency.c.key).where(idempotency.c.expires_at <= utcnow()).limit(batch)
+            n = conn.execute(delete(idempotency).where(idempotency.c.key.in_(keys.scalar_subquery()))).rowcount
+        total += n
+        if n < batch:
+            return total
+
+
+def live_records(engine: Engine, batch: int) -> Iterator[tuple[str, Record, int]]:
+    """Yield ``(key, record, ttl_ms)`` for every unexpired record, in key order, paged."""
+    after = ""
+    while True:
+        now = utcnow()
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(idempotency)
+                .where(idempotency.c.key > after, idempotency.c.expires_at > now)
+                .order_by(idempotency.c.key)
+                .limit(batch)
+            ).all()
+        for row in rows:
+            ttl_ms = int((row.expires_at.replace(tzinfo=row.expires_at.tzinfo or timezone.utc) - now).total_seconds() * 1000)
+            yield row.key, _record(row), max(ttl_ms, 1)
+        if len(rows) < batch:
+            return
+        after = rows[-1].key

@@ -1,0 +1,50 @@
+"""Wire celery-reliable into a Celery app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .defaults import SETTINGS
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+
+def install_worker_step(app: Celery) -> None:
+    """Register the settings' defaults and the worker bootstep (idempotent)."""
+    if app.__dict__.get("_celery_reliable_step"):
+        return
+    from .bootstep import ReliableStep
+
+    app.conf.add_defaults({s.name: s.default for s in SETTINGS})
+    app.steps["worker"].add(ReliableStep)
+    app.__dict__["_celery_reliable_step"] = True
+
+
+def install(app: Celery, beat: bool = True) -> Celery:
+    """Install celery-reliable on ``app``: settings, worker bootstep, maintenance tasks, beat.
+
+    Args:
+        app: the Celery app.
+        beat: merge the maintenance jobs into ``app.conf.beat_schedule`` (entries the
+            user already has under the same names are kept).
+
+    Returns:
+        ``app``, for chaining.
+    """
+    from . import maintenance
+
+    install_worker_step(app)
+    maintenance.register(app)
+    if beat:
+        app.on_after_configure.connect(lambda sender, **_: _merge_beat(sender), weak=False)
+    return app
+
+
+def _merge_beat(app: Celery) -> None:
+    from .maintenance import beat_schedule
+
+    schedule = dict(app.conf.beat_schedule or {})
+    for name, entry in beat_schedule(app).items():
+        schedule.setdefault(name, entry)
+    app.conf.beat_schedule = schedule

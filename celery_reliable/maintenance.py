@@ -1,0 +1,68 @@
+"""Maintenance jobs run by beat: idempotency cleanup, deferred-set pumping and sweeps."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .deferred.pump import Pump
+from .idempotency import db_store
+from .runtime import runtime
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+CLEANUP_TASK = "celery_reliable.cleanup_idempotency"
+PUMP_TASK = "celery_reliable.pump_deferred"
+
+
+def cleanup_idempotency(app: Celery) -> dict[str, int]:
+    """Delete expired idempotency records in bounded batches."""
+    rt = runtime(app)
+    if not rt.has_database:
+        return {"deleted": 0}
+    return {"deleted": db_store.delete_expired(rt.engine(), rt.config.cleanup_batch)}
+
+
+def pump_deferred(app: Celery, rounds: int = 10) -> dict[str, int]:
+    """Move due deferred tasks (for deployments that pump from beat), sweep leases, re-warm."""
+    rt = runtime(app)
+    cfg = rt.config
+    pump = Pump(app, rt.deferred(), interval=0, batch=cfg.pump_batch, lease_ms=cfg.pump_lease_ms)
+    moved = 0
+    for _ in range(rounds):
+        n = pump.step()
+        moved += n
+        if n < cfg.pump_batch:
+            break
+    swept = rt.deferred().sweep()
+    rt.warm_up()
+    return {"moved": moved, "swept": swept}
+
+
+def register(app: Celery) -> None:
+    """Register the maintenance tasks on ``app`` (once)."""
+    if CLEANUP_TASK in app.tasks:
+        return
+
+    @app.task(name=CLEANUP_TASK, ignore_result=True)
+    def _cleanup() -> dict[str, int]:
+        return cleanup_idempotency(app)
+
+    @app.task(name=PUMP_TASK, ignore_result=True)
+    def _pump() -> dict[str, int]:
+        return pump_deferred(app)
+
+
+def beat_schedule(app: Celery) -> dict[str, dict[str, Any]]:
+    """The beat entries of the maintenance jobs, to merge into ``beat_schedule``."""
+    from .config import get_config
+
+    cfg = get_config(app)
+    return {
+        "celery-reliable-cleanup-idempotency": {
+            "task": CLEANUP_TASK, "schedule": cfg.cleanup_interval_ms / 1000.0, "options": {"expires": 60},
+        },
+        "celery-reliable-pump-deferred": {
+            "task": PUMP_TASK, "schedule": 5.0, "options": {"expires": 10},
+        },
+    }

@@ -1,0 +1,155 @@
+"""ReliableTask: a Celery task base class whose options add reliability guards."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from celery import Task
+from celery.utils import uuid as celery_uuid
+
+from .options import IdempotencySpec, check_unknown, compile_idempotency
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
+    from sqlalchemy.orm import Session
+
+#: apply_async options that are plumbing, not part of the message.
+_LOCAL_OPTIONS = frozenset({"producer", "connection", "router", "publisher", "result_cls", "add_to_parent"})
+
+
+class ReliableTask(Task):
+    """Base class for tasks with exactly-once effects and a parking lot for "not now".
+
+    Use it with ``@app.task(base=ReliableTask, bind=True, ...)``. Every option is off
+    unless set; with none set it behaves exactly like a Celery ``Task``. Unknown option
+    names and wrong option values fail when the task is declared.
+    """
+
+    #: Idempotency key: a template over the call's arguments (``"charge:{order_id}"``),
+    #: a callable with the task's signature returning a str, ``True`` (hash of all
+    #: arguments), or an :class:`~celery_reliable.Idempotency` object. A key that
+    #: completed returns its stored result without running again.
+    idempotency_key: ClassVar[Any] = None
+
+    #: Extra scope for the key (a tenant), as a template or callable.
+    idempotency_namespace: ClassVar[Any] = None
+
+    #: How long a completed key replays its result (seconds or timedelta); default
+    #: ``reliable_idempotency_ttl`` (24 h).
+    idempotency_ttl: ClassVar[Any] = None
+
+    #: Also deduplicate at ``apply_async``: a key already queued, running or done
+    #: returns the original task's ``AsyncResult`` instead of publishing again.
+    idempotency_on_publish: ClassVar[bool] = False
+
+    _reliable_spec: ClassVar[IdempotencySpec | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = dict(vars(cls))
+        if own.get("_decorated"):
+            check_unknown(cls, own)
+        cls._reliable_spec = compile_idempotency(cls, own)
+
+    @classmethod
+    def bind(cls, app: Any) -> Any:
+        """Bind to ``app`` and make sure the app's workers run the deferred-set pump."""
+        from .install import install_worker_step
+
+        install_worker_step(app)
+        return super().bind(app)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        req = self.request_stack.top
+        if req is None or req.called_directly or not req.id:
+            return super().__call__(*args, **kwargs)
+        from .execution import run_guarded
+
+        return run_guarded(self, req, args, kwargs)
+
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A SQLAlchemy session whose commit also marks the idempotency key as done.
+
+        Database effects written through it happen exactly once per key, even when a
+        worker is killed at any instant: a second execution of the key finds the
+        record, rolls its own transaction back, and returns the stored result.
+        """
+        from .transaction import task_transaction
+
+        return task_transaction(self)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
+                    producer: Any = None, link: Any = None, link_error: Any = None,
+                    shadow: str | None = None, **options: Any) -> AsyncResult:
+        """Publish the task; long countdowns are parked, duplicates can be refused.
+
+        On top of Celery's ``apply_async``: the idempotency key is built now, so a bad
+        call fails here with nothing published; with ``idempotency_on_publish`` a key
+        already published returns the original ``AsyncResult``; a ``countdown`` or
+        ``eta`` beyond ``reliable_defer_threshold`` goes to the deferred set instead of
+        an ETA message that workers would hold in memory.
+        """
+        spec = self._reliable_spec
+        if self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id=task_id, producer=producer, link=link,
+                                       link_error=link_error, shadow=shadow, **options)
+        from .config import get_config
+        from .runtime import runtime
+
+        cfg = get_config(self.app)
+        task_id = task_id or celery_uuid()
+        delay_ms = _delay_ms(options)
+        publish_key: str | None = None
+        if spec is not None:
+            call_args, call_kwargs = tuple(args or ()), dict(kwargs or {})
+            scoped = spec.scoped(self.name, call_args, call_kwargs)
+            if spec.on_publish:
+                earlier = runtime(self.app).idempotency().publish_once(
+                    scoped, task_id, spec.ttl_ms or cfg.idempotency_ttl_ms)
+                if earlier is not None and earlier != task_id:
+                    return self.AsyncResult(earlier)
+                publish_key = scoped
+        try:
+            if delay_ms > cfg.defer_threshold_ms and delay_ms > 0:
+                return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options)
+            return super().apply_async(args, kwargs, task_id=task_id, producer=producer, link=link,
+                                       link_error=link_error, shadow=shadow, **options)
+        except BaseException:
+            if publish_key is not None:
+                runtime(self.app).idempotency().forget_publish(publish_key, task_id)
+            raise
+
+    def _park(self, args: Any, kwargs: Any, task_id: str, link: Any, link_error: Any,
+              shadow: str | None, delay_ms: int, options: dict[str, Any]) -> AsyncResult:
+        from .runtime import runtime
+
+        opts = {k: v for k, v in options.items() if k not in _LOCAL_OPTIONS and k not in ("countdown", "eta")}
+        expires = opts.get("expires")
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+            opts["expires"] = (datetime.now(timezone.utc) + timedelta(seconds=expires)).isoformat()
+        elif isinstance(expires, datetime):
+            opts["expires"] = expires.isoformat()
+        opts.update(task_id=task_id, link=link, link_error=link_error, shadow=shadow)
+        sig = self.signature(args, kwargs, **{k: v for k, v in opts.items() if v is not None})
+        rt = runtime(self.app)
+        deferred = rt.deferred()
+        entry = deferred.entry(dict(sig), reason="countdown")
+        deferred.park(entry, delay_ms)
+        return self.AsyncResult(task_id)
+
+
+def _delay_ms(options: dict[str, Any]) -> int:
+    countdown = options.get("countdown")
+    eta = options.get("eta")
+    if countdown is not None:
+        return int(float(countdown) * 1000)
+    if isinstance(eta, datetime):
+        now = datetime.now(eta.tzinfo or timezone.utc) if eta.tzinfo else datetime.now()
+        return int((eta - now).total_seconds() * 1000)
+    if isinstance(eta, str):
+        parsed = datetime.fromisoformat(eta)
+        now = datetime.now(parsed.tzinfo) if parsed.tzinfo else datetime.now()
+        return int((parsed - now).total_seconds() * 1000)
+    return 0

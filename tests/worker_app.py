@@ -1,0 +1,111 @@
+"""The Celery app the integration and fault tests run in real worker processes.
+
+Everything comes from environment variables so each test can point workers at its own
+Redis databases, queue, database and lease lengths.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import Celery, signals
+from sqlalchemy import text
+
+import celery_reliable
+from celery_reliable import ReliableTask
+
+env = os.environ.get
+
+app = Celery(
+    "reliable_tests",
+    broker=env("TEST_BROKER_URL", "redis://127.0.0.1:6379/10"),
+    backend=env("TEST_BACKEND_URL", "redis://127.0.0.1:6379/11"),
+)
+app.conf.update(
+    reliable_redis_url=env("TEST_RELIABLE_REDIS", "redis://127.0.0.1:6379/12"),
+    reliable_database_url=env("TEST_DATABASE_URL", "postgresql+psycopg://root@127.0.0.1/test"),
+    reliable_claim_lease=float(env("TEST_CLAIM_LEASE", "3")),
+    reliable_busy_delay=float(env("TEST_BUSY_DELAY", "0.3")),
+    reliable_defer_jitter=0.2,
+    reliable_pump_interval=0.1,
+    reliable_send_events=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=env("TEST_QUEUE", "reliable-tests"),
+    broker_transport_options={"visibility_timeout": float(env("TEST_VISIBILITY_TIMEOUT", "3600"))},
+    result_expires=3600,
+    broker_connection_retry_on_startup=True,
+)
+celery_reliable.install(app)
+
+#: Ledger Redis: counts what happened, never deduplicates, never flushed by fault tests.
+LEDGER_URL = env("TEST_LEDGER_REDIS", "redis://127.0.0.1:6379/13")
+_ledger: redis.Redis | None = None
+
+
+def ledger() -> redis.Redis:
+    global _ledger
+    if _ledger is None or _ledger.connection_pool.pid != os.getpid():
+        _ledger = redis.Redis.from_url(LEDGER_URL)
+    return _ledger
+
+
+@signals.task_prerun.connect
+def _count_delivery(task_id: str | None = None, task: object = None, **_: object) -> None:
+    ledger().rpush("deliveries", f"{getattr(task, 'name', '?')}:{task_id}")
+
+
+@app.task(base=ReliableTask, bind=True, idempotency_key="charge:{order_id}")
+def charge(self: ReliableTask, order_id: str, amount: int, hold: float = 0.0) -> dict[str, object]:
+    """Write one row to the effects ledger (no unique constraint) in the task's transaction."""
+    with self.transaction() as session:
+        session.execute(
+            text("INSERT INTO effects_ledger (key, task_id, pid, amount) VALUES (:k, :t, :p, :a)"),
+            {"k": order_id, "t": self.request.id, "p": os.getpid(), "a": amount},
+        )
+        if hold:
+            time.sleep(hold)
+    return {"order_id": order_id, "charged": amount}
+
+
+@app.task(base=ReliableTask, bind=True, idempotency_key="slow:{job_id}")
+def slow_job(self: ReliableTask, job_id: str, seconds: float) -> str:
+    """Count concurrent bodies per key in the ledger while sleeping."""
+    led = ledger()
+    now_running = led.incr(f"running:{job_id}")
+    led.rpush(f"max_running:{job_id}", now_running)
+    led.rpush("bodies", job_id)
+    try:
+        time.sleep(seconds)
+    finally:
+        led.decr(f"running:{job_id}")
+    return job_id
+
+
+@app.task(base=ReliableTask, bind=True, idempotency_key="ext:{n}")
+def external_effect(self: ReliableTask, n: int) -> int:
+    """An effect outside the database: a ledger push, once per run of the body."""
+    ledger().rpush("external", f"{n}:{self.request.idempotency_key}")
+    return n * 2
+
+
+@app.task(base=ReliableTask)
+def add(x: int, y: int) -> int:
+    """No options: must behave exactly like a Celery task."""
+    return x + y
+
+
+@app.task(base=ReliableTask)
+def tsum(values: list[int]) -> int:
+    """Chord body for canvas tests."""
+    return sum(values)
+
+
+@app.task(base=ReliableTask, bind=True)
+def later(self: ReliableTask, tag: str) -> str:
+    """Records when it ran, for countdown parking tests."""
+    ledger().rpush("later", f"{tag}:{time.time()}:{self.request.retries}")
+    return tag
