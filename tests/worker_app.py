@@ -35,7 +35,12 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_default_queue=env("TEST_QUEUE", "reliable-tests"),
-    broker_transport_options={"visibility_timeout": float(env("TEST_VISIBILITY_TIMEOUT", "3600"))},
+    broker_transport_options={
+        "visibility_timeout": float(env("TEST_VISIBILITY_TIMEOUT", "3600")),
+        # sweep unacknowledged messages every second (kombu's default is ~100 s)
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    },
     result_expires=3600,
     broker_connection_retry_on_startup=True,
 )
