@@ -143,5 +143,6 @@ def get_config(app: Celery) -> ReliableConfig:
 
 
 def reset_config(app: Celery) -> None:
-    """Forget the parsed config so the next :func:`get_config` reads settings again."""
+    """Forget the parsed config (and what was built from it) so settings are read again."""
     app.__dict__.pop(_CACHE_ATTR, None)
+    app.__dict__.pop("_celery_reliable_runtime", None)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from celery import Task
 from celery.utils import uuid as celery_uuid
 
+from .jsoncodec import fingerprint
 from .options import IdempotencySpec, check_unknown, compile_idempotency
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class ReliableTask(Task):
         if spec is not None:
             call_args, call_kwargs = tuple(args or ()), dict(kwargs or {})
             scoped = spec.scoped(self.name, call_args, call_kwargs)
+            fingerprint(call_args, call_kwargs)  # arguments JSON cannot hold fail here, unpublished
             if spec.on_publish:
                 earlier = runtime(self.app).idempotency().publish_once(
                     scoped, task_id, spec.ttl_ms or cfg.idempotency_ttl_ms)

@@ -6,6 +6,7 @@ Redis databases, queue, database and lease lengths.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -44,6 +45,8 @@ app.conf.update(
     result_expires=3600,
     broker_connection_retry_on_startup=True,
 )
+# A test may inject settings (JSON) to check how workers treat bad configuration.
+app.conf.update(json.loads(env("TEST_EXTRA_SETTINGS", "{}")))
 celery_reliable.install(app)
 
 #: Ledger Redis: counts what happened, never deduplicates, never flushed by fault tests.
@@ -69,7 +72,7 @@ def charge(self: ReliableTask, order_id: str, amount: int, hold: float = 0.0) ->
     with self.transaction() as session:
         session.execute(
             text("INSERT INTO effects_ledger (key, task_id, pid, amount) VALUES (:k, :t, :p, :a)"),
-            {"k": order_id, "t": self.request.id, "p": os.getpid(), "a": amount},
+            {"k": order_id.replace("\x00", "\\x00"), "t": self.request.id, "p": os.getpid(), "a": amount},
         )
         if hold:
             time.sleep(hold)
@@ -114,3 +117,26 @@ def later(self: ReliableTask, tag: str) -> str:
     """Records when it ran, for countdown parking tests."""
     ledger().rpush("later", f"{tag}:{time.time()}:{self.request.retries}")
     return tag
+
+
+@app.task(base=ReliableTask, bind=True, idempotency_key="flaky:{tag}", max_retries=3)
+def flaky(self: ReliableTask, tag: str) -> str:
+    """Fails its first attempt and retries through Celery's own ``self.retry``."""
+    ledger().rpush(f"flaky:{tag}", self.request.retries)
+    if self.request.retries == 0:
+        raise self.retry(countdown=1.5)
+    return f"{tag}:{self.request.retries}"
+
+
+@app.task(base=ReliableTask, bind=True, idempotency_key=True)
+def returns_set(self: ReliableTask, n: int) -> object:
+    """Returns a value JSON cannot hold."""
+    ledger().rpush("returns_set", n)
+    return {n}
+
+
+@app.task(base=ReliableTask, bind=True, idempotency_key="receipt:{order_id}", idempotency_on_publish=True)
+def send_receipt(self: ReliableTask, order_id: str) -> str:
+    """Deduplicated at publish time as well as at execution."""
+    ledger().rpush("receipts", order_id)
+    return f"sent:{order_id}"

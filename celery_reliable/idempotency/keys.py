@@ -90,7 +90,9 @@ class KeyBuilder:
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise IdempotencyKeyError(f"{self.option}: arguments do not fit the task: {exc}") from exc
+            raise IdempotencyKeyError(
+                f"{self.option} {self.source!r}: the call does not fit the task's arguments: {exc}"
+            ) from exc
         bound.apply_defaults()
         values = dict(bound.arguments)
         for name, param in self.signature.parameters.items():

@@ -1,0 +1,1 @@
+"""The deployable beat service: ``celery -A beat.app beat``."""
