@@ -39,8 +39,11 @@ class ReliableStep(bootsteps.StartStopStep):
         if not self.config.pump_enabled:
             return
         self.pump = Pump(
-            worker.app, rt.deferred(), interval=self.config.pump_interval_ms / 1000.0,
-            batch=self.config.pump_batch, lease_ms=self.config.pump_lease_ms,
+            worker.app,
+            rt.deferred(),
+            interval=self.config.pump_interval_ms / 1000.0,
+            batch=self.config.pump_batch,
+            lease_ms=self.config.pump_lease_ms,
             on_maintenance=rt.warm_up,
         )
         self.pump.start()

@@ -65,9 +65,7 @@ def engine_for(url: str | None) -> Engine:
                 try:
                     engine = create_engine(url, **kwargs)
                 except Exception as exc:
-                    raise ConfigurationError(
-                        "reliable_database_url", f"cannot use {_safe(url)!r}: {exc}"
-                    ) from exc
+                    raise ConfigurationError("reliable_database_url", f"cannot use {_safe(url)!r}: {exc}") from exc
                 if url.startswith("sqlite"):
                     _sqlite_wal(engine)
                 _engines[url] = engine

@@ -54,7 +54,7 @@ def duration_ms(name: str, value: Any) -> int:
         )
     if seconds < 0 or seconds != seconds:
         raise ConfigurationError(name, f"must be a non-negative duration, got {value!r}")
-    return int(round(seconds * 1000))
+    return round(seconds * 1000)
 
 
 def _check(setting: Setting, value: Any) -> Any:

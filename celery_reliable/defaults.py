@@ -22,36 +22,49 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
-        "reliable_redis_url", "optional_str", None,
-        "Redis for claims, results cache and the deferred set. Unset: the broker URL "
-        "when the broker is Redis.",
+        "reliable_redis_url",
+        "optional_str",
+        None,
+        "Redis for claims, results cache and the deferred set. Unset: the broker URL when the broker is Redis.",
     ),
     Setting(
-        "reliable_database_url", "optional_str", None,
+        "reliable_database_url",
+        "optional_str",
+        None,
         "SQLAlchemy URL of the database that holds idempotency records "
         "(postgresql+psycopg://... or sqlite:///...). Unset: Redis only, which does "
         "not survive Redis losing its data.",
     ),
     Setting("reliable_key_prefix", "str", "reliable", "Prefix of every Redis key we write."),
     Setting(
-        "reliable_idempotency_ttl", "duration", 86400.0,
+        "reliable_idempotency_ttl",
+        "duration",
+        86400.0,
         "How long a completed idempotency key replays its result (default 24 h).",
     ),
     Setting(
-        "reliable_claim_lease", "duration", 30.0,
+        "reliable_claim_lease",
+        "duration",
+        30.0,
         "Lease of an in-progress claim. The running worker renews it every third of the "
         "lease; a dead worker's claim frees itself after at most this long.",
     ),
     Setting(
-        "reliable_busy_delay", "duration", 1.0,
+        "reliable_busy_delay",
+        "duration",
+        1.0,
         "Shortest wait before a task whose key is in progress elsewhere is tried again.",
     ),
     Setting(
-        "reliable_defer_jitter", "duration", 0.5,
+        "reliable_defer_jitter",
+        "duration",
+        0.5,
         "Random extra wait added to every deferral so parked tasks do not return together.",
     ),
     Setting(
-        "reliable_defer_threshold", "duration", 1.0,
+        "reliable_defer_threshold",
+        "duration",
+        1.0,
         "A ReliableTask countdown/eta longer than this is parked in the deferred set "
         "instead of being sent as an ETA message.",
     ),
@@ -59,24 +72,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reliable_pump_interval", "duration", 0.5, "How often the pump looks for due tasks."),
     Setting("reliable_pump_batch", "int", 200, "Most tasks the pump moves in one step."),
     Setting(
-        "reliable_pump_lease", "duration", 60.0,
+        "reliable_pump_lease",
+        "duration",
+        60.0,
         "How long a pumped entry may stay in flight before a sweep puts it back.",
     ),
     Setting(
-        "reliable_cleanup_batch", "int", 1000,
+        "reliable_cleanup_batch",
+        "int",
+        1000,
         "Rows the cleanup job deletes per statement (bounded batches).",
     ),
     Setting(
-        "reliable_cleanup_interval", "duration", 300.0,
+        "reliable_cleanup_interval",
+        "duration",
+        300.0,
         "How often beat runs the idempotency cleanup job.",
     ),
     Setting(
-        "reliable_send_events", "optional_bool", None,
-        "Send task-deduplicated / task-deferred events. Unset: follow "
-        "worker_send_task_events (celery worker -E).",
+        "reliable_send_events",
+        "optional_bool",
+        None,
+        "Send task-deduplicated / task-deferred events. Unset: follow worker_send_task_events (celery worker -E).",
     ),
     Setting(
-        "reliable_check_redis", "bool", True,
+        "reliable_check_redis",
+        "bool",
+        True,
         "At worker start, warn when Redis' eviction policy could drop our keys.",
     ),
 )

@@ -53,8 +53,9 @@ class Execution:
 current: ContextVar[Execution | None] = ContextVar("celery_reliable_execution", default=None)
 
 
-def defer(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime,
-          delay_ms: int, reason: str) -> NoReturn:
+def defer(
+    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, delay_ms: int, reason: str
+) -> NoReturn:
     """Park this delivery in the deferred set and end it without running (no retry spent)."""
     sig = task.signature_from_request(req, args, kwargs)
     entry = rt.deferred().entry(dict(sig), reason)
@@ -71,7 +72,9 @@ def replay(task: Task, rt: Runtime, scoped: str, fp: str, record: Record) -> Any
     if record.state == COMMITTED:
         logger.warning(
             "%s[%s]: key %r committed its effects but its result was not stored; returning None",
-            task.name, task.request.id, scoped,
+            task.name,
+            task.request.id,
+            scoped,
         )
     emit(task, "task-deduplicated", rt.config.send_events, key=scoped, original_task_id=record.task_id)
     return record.result
@@ -79,7 +82,7 @@ def replay(task: Task, rt: Runtime, scoped: str, fp: str, record: Record) -> Any
 
 def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run the task body under its guards; the worker's view of one delivery."""
-    spec = task._reliable_spec  # type: ignore[attr-defined]
+    spec = task._reliable_spec
     if spec is None:
         token = current.set(Execution(task.name, req.id))
         try:
@@ -113,7 +116,8 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
             return replay(task, rt, scoped, fp, stored)
 
     _, claim_key, _ = idem.keys(scoped)
-    lease = heartbeat().add(Lease(scoped, cfg.claim_lease_ms, partial(idem.renew, claim_key, owner, cfg.claim_lease_ms)))
+    renew = partial(idem.renew, claim_key, owner, cfg.claim_lease_ms)
+    lease = heartbeat().add(Lease(scoped, cfg.claim_lease_ms, renew))
     ex = Execution(task.name, req.id, scoped, fp, ttl_ms)
     token = current.set(ex)
     try:

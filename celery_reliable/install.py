@@ -37,7 +37,7 @@ def install(app: Celery, beat: bool = True) -> Celery:
     install_worker_step(app)
     maintenance.register(app)
     if beat:
-        app.on_after_configure.connect(lambda sender, **_: _merge_beat(sender), weak=False)
+        _merge_beat(app)
     return app
 
 

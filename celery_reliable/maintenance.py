@@ -54,15 +54,24 @@ def register(app: Celery) -> None:
 
 
 def beat_schedule(app: Celery) -> dict[str, dict[str, Any]]:
-    """The beat entries of the maintenance jobs, to merge into ``beat_schedule``."""
-    from .config import get_config
+    """The beat entries of the maintenance jobs, to merge into ``beat_schedule``.
 
-    cfg = get_config(app)
+    Reads only ``reliable_cleanup_interval``, so it can run before the other settings are set.
+    """
+    from .config import duration_ms
+    from .defaults import SETTINGS_BY_NAME
+
+    name = "reliable_cleanup_interval"
+    cleanup_ms = duration_ms(name, app.conf.get(name, SETTINGS_BY_NAME[name].default))
     return {
         "celery-reliable-cleanup-idempotency": {
-            "task": CLEANUP_TASK, "schedule": cfg.cleanup_interval_ms / 1000.0, "options": {"expires": 60},
+            "task": CLEANUP_TASK,
+            "schedule": max(cleanup_ms, 1000) / 1000.0,
+            "options": {"expires": 60},
         },
         "celery-reliable-pump-deferred": {
-            "task": PUMP_TASK, "schedule": 5.0, "options": {"expires": 10},
+            "task": PUMP_TASK,
+            "schedule": 5.0,
+            "options": {"expires": 10},
         },
     }

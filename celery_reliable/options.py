@@ -17,16 +17,38 @@ from .idempotency.keys import KeyBuilder, KeySource
 RELIABLE_OPTIONS = ("idempotency_key", "idempotency_namespace", "idempotency_ttl", "idempotency_on_publish")
 
 #: Options Celery's task decorator reads that are not Task attributes.
-CELERY_DECORATOR_OPTIONS = frozenset({
-    "autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max",
-    "retry_jitter", "pydantic", "pydantic_strict", "pydantic_context", "pydantic_dump_kwargs",
-})
+CELERY_DECORATOR_OPTIONS = frozenset(
+    {
+        "autoretry_for",
+        "dont_autoretry_for",
+        "retry_kwargs",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "pydantic",
+        "pydantic_strict",
+        "pydantic_context",
+        "pydantic_dump_kwargs",
+    }
+)
 
 #: Keys Celery itself puts in the class it builds from a decorated function.
-_CELERY_GENERATED = frozenset({
-    "app", "name", "run", "_decorated", "_dump_pydantic_arguments", "__header__", "__wrapped__",
-    "_decorated_fun", "__doc__", "__module__", "__annotations__", "__qualname__",
-})
+_CELERY_GENERATED = frozenset(
+    {
+        "app",
+        "name",
+        "run",
+        "_decorated",
+        "_dump_pydantic_arguments",
+        "__header__",
+        "__wrapped__",
+        "_decorated_fun",
+        "__doc__",
+        "__module__",
+        "__annotations__",
+        "__qualname__",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -133,7 +155,8 @@ def compile_idempotency(cls: type, own: Mapping[str, Any]) -> IdempotencySpec | 
     else:
         raise ConfigurationError(
             "idempotency_key",
-            f"expected a template string, a callable, True or Idempotency(...), got {type(option.key).__name__} {option.key!r}",
+            "expected a template string, a callable, True or Idempotency(...), "
+            f"got {type(option.key).__name__} {option.key!r}",
         )
     key.validate()
     namespace = None

@@ -32,9 +32,7 @@ class Scripts:
     """Every script registered once on one Redis client (EVALSHA, reloaded on NOSCRIPT)."""
 
     def __init__(self, client: Redis) -> None:
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
-        }
+        self._scripts: dict[str, Script] = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
 
     def __getattr__(self, name: str) -> Script:
         try:

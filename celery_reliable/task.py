@@ -81,9 +81,17 @@ class ReliableTask(Task):
 
         return task_transaction(self)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
-                    producer: Any = None, link: Any = None, link_error: Any = None,
-                    shadow: str | None = None, **options: Any) -> AsyncResult:
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult:
         """Publish the task; long countdowns are parked, duplicates can be refused.
 
         On top of Celery's ``apply_async``: the idempotency key is built now, so a bad
@@ -94,8 +102,16 @@ class ReliableTask(Task):
         """
         spec = self._reliable_spec
         if self.app.conf.task_always_eager:
-            return super().apply_async(args, kwargs, task_id=task_id, producer=producer, link=link,
-                                       link_error=link_error, shadow=shadow, **options)
+            return super().apply_async(
+                args,
+                kwargs,
+                task_id=task_id,
+                producer=producer,
+                link=link,
+                link_error=link_error,
+                shadow=shadow,
+                **options,
+            )
         from .config import get_config
         from .runtime import runtime
 
@@ -108,23 +124,41 @@ class ReliableTask(Task):
             scoped = spec.scoped(self.name, call_args, call_kwargs)
             fingerprint(call_args, call_kwargs)  # arguments JSON cannot hold fail here, unpublished
             if spec.on_publish:
-                earlier = runtime(self.app).idempotency().publish_once(
-                    scoped, task_id, spec.ttl_ms or cfg.idempotency_ttl_ms)
+                earlier = (
+                    runtime(self.app).idempotency().publish_once(scoped, task_id, spec.ttl_ms or cfg.idempotency_ttl_ms)
+                )
                 if earlier is not None and earlier != task_id:
                     return self.AsyncResult(earlier)
                 publish_key = scoped
         try:
             if delay_ms > cfg.defer_threshold_ms and delay_ms > 0:
                 return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options)
-            return super().apply_async(args, kwargs, task_id=task_id, producer=producer, link=link,
-                                       link_error=link_error, shadow=shadow, **options)
+            return super().apply_async(
+                args,
+                kwargs,
+                task_id=task_id,
+                producer=producer,
+                link=link,
+                link_error=link_error,
+                shadow=shadow,
+                **options,
+            )
         except BaseException:
             if publish_key is not None:
                 runtime(self.app).idempotency().forget_publish(publish_key, task_id)
             raise
 
-    def _park(self, args: Any, kwargs: Any, task_id: str, link: Any, link_error: Any,
-              shadow: str | None, delay_ms: int, options: dict[str, Any]) -> AsyncResult:
+    def _park(
+        self,
+        args: Any,
+        kwargs: Any,
+        task_id: str,
+        link: Any,
+        link_error: Any,
+        shadow: str | None,
+        delay_ms: int,
+        options: dict[str, Any],
+    ) -> AsyncResult:
         from .runtime import runtime
 
         opts = {k: v for k, v in options.items() if k not in _LOCAL_OPTIONS and k not in ("countdown", "eta")}

@@ -27,10 +27,12 @@ def engine() -> Iterator[Engine]:
     eng = create_engine(DATABASE_URL)
     migrate.upgrade(eng)
     with eng.begin() as conn:
-        conn.execute(text(
-            "CREATE TABLE IF NOT EXISTS effects_ledger (id bigserial PRIMARY KEY, key text NOT NULL, "
-            "task_id text, pid int, amount int, at timestamptz DEFAULT now())"
-        ))
+        conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS effects_ledger (id bigserial PRIMARY KEY, key text NOT NULL, "
+                "task_id text, pid int, amount int, at timestamptz DEFAULT now())"
+            )
+        )
     yield eng
     eng.dispose()
 

@@ -6,6 +6,7 @@ test never leaves workers (or their prefork children) behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -37,24 +38,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _killpg(pid: int, sig: int) -> bool:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     if proc.poll() is not None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # children may outlive their parent
-        except ProcessLookupError:
-            pass
+        _killpg(proc.pid, signal.SIGKILL)  # children may outlive their parent
         return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    except ProcessLookupError:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    if _killpg(proc.pid, signal.SIGTERM):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    _killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
 
 
@@ -69,18 +68,42 @@ class WorkerProcess:
         log_dir: where the worker's log goes.
     """
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path, pool: str = "prefork",
-                 concurrency: int = 2, app: str = "tests.worker_app") -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        log_dir: Path,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        app: str = "tests.worker_app",
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         queue = env.get("TEST_QUEUE", "reliable-tests")
-        cmd = [CELERY, "-A", app, "worker", "-P", pool, "-c", str(concurrency), "-Q", queue,
-               "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-               "-l", "INFO"]
+        cmd = [
+            CELERY,
+            "-A",
+            app,
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-Q",
+            queue,
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+        ]
         full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -92,10 +115,12 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
         """Wait for the worker's ``ready`` line; fail with its log if it dies first."""
+
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             return " ready." in self.log()
+
         wait_until(ready, timeout, what=f"worker {self.name} to be ready")
         return self
 
@@ -114,10 +139,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker and all its children at once."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self._log.close()
 
@@ -134,10 +156,20 @@ class RedisServer:
 
     def start(self) -> None:
         """Start (or restart) the server on the same port, empty."""
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(self._log_dir)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        cmd = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self._log_dir),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         import redis
 
         client = redis.Redis(port=self.port)

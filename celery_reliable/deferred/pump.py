@@ -72,7 +72,12 @@ class Pump:
     """
 
     def __init__(
-        self, app: Celery, deferred: DeferredSet, interval: float, batch: int, lease_ms: int,
+        self,
+        app: Celery,
+        deferred: DeferredSet,
+        interval: float,
+        batch: int,
+        lease_ms: int,
         on_maintenance: object = None,
     ) -> None:
         self.app = app

@@ -29,15 +29,11 @@ def _record(row: object) -> Record:
 
 def fetch(conn: Connection, key: str) -> Record | None:
     """Return the unexpired record of ``key``, if any."""
-    row = conn.execute(
-        select(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at > utcnow())
-    ).first()
+    row = conn.execute(select(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at > utcnow())).first()
     return None if row is None else _record(row)
 
 
-def insert_committed(
-    conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, ttl_ms: int
-) -> bool:
+def insert_committed(conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, ttl_ms: int) -> bool:
     """Insert the ``committed`` record inside the caller's transaction.
 
     A savepoint keeps the caller's transaction usable when the key already exists.
@@ -52,8 +48,14 @@ def insert_committed(
         with conn.begin_nested():
             conn.execute(
                 insert(idempotency).values(
-                    key=key, task_name=task_name, fingerprint=fingerprint, task_id=task_id,
-                    state=COMMITTED, result=None, created_at=now, completed_at=None,
+                    key=key,
+                    task_name=task_name,
+                    fingerprint=fingerprint,
+                    task_id=task_id,
+                    state=COMMITTED,
+                    result=None,
+                    created_at=now,
+                    completed_at=None,
                     expires_at=now + timedelta(milliseconds=ttl_ms),
                 )
             )
@@ -63,8 +65,14 @@ def insert_committed(
 
 
 def store_result(
-    engine: Engine, key: str, task_name: str, fingerprint: str, task_id: str,
-    result_json: str, ttl_ms: int, committed: bool,
+    engine: Engine,
+    key: str,
+    task_name: str,
+    fingerprint: str,
+    task_id: str,
+    result_json: str,
+    ttl_ms: int,
+    committed: bool,
 ) -> Record:
     """Store the result of ``key``; returns the record that stands (ours or an earlier one).
 
@@ -84,8 +92,14 @@ def store_result(
             with conn.begin_nested():
                 conn.execute(
                     insert(idempotency).values(
-                        key=key, task_name=task_name, fingerprint=fingerprint, task_id=task_id,
-                        state=COMPLETED, result=result_json, created_at=now, completed_at=now,
+                        key=key,
+                        task_name=task_name,
+                        fingerprint=fingerprint,
+                        task_id=task_id,
+                        state=COMPLETED,
+                        result=result_json,
+                        created_at=now,
+                        completed_at=now,
                         expires_at=now + timedelta(milliseconds=ttl_ms),
                     )
                 )
@@ -122,7 +136,8 @@ def live_records(engine: Engine, batch: int) -> Iterator[tuple[str, Record, int]
                 .limit(batch)
             ).all()
         for row in rows:
-            ttl_ms = int((row.expires_at.replace(tzinfo=row.expires_at.tzinfo or timezone.utc) - now).total_seconds() * 1000)
+            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
+            ttl_ms = int((expires - now).total_seconds() * 1000)
             yield row.key, _record(row), max(ttl_ms, 1)
         if len(rows) < batch:
             return

@@ -34,8 +34,9 @@ def test_parked_tasks_leave_worker_rss_flat(workers) -> None:
     sig = dict(later.signature(("bulk",), options={"queue": "reliable-tests"}))
     pipe = deferred.client.pipeline(transaction=False)
     for _ in range(PARKED - 1000):
-        deferred.scripts.deferred_park(keys=[deferred.due_key], args=[3_600_000, deferred.entry(sig, "test")],
-                                       client=pipe)
+        deferred.scripts.deferred_park(
+            keys=[deferred.due_key], args=[3_600_000, deferred.entry(sig, "test")], client=pipe
+        )
     pipe.execute()
     assert deferred.sizes()["due"] == PARKED
     # let the pump look at the full set many times (every 0.1 s in the test app)

@@ -24,8 +24,9 @@ def test_flushall_mid_run_does_not_repeat_effects(workers, ledger, engine: Engin
     workers("w2", env)
     n = 60
     first = [r for i in range(n) for r in (charge.delay(f"f{i}", i), external_effect.delay(i))]
-    wait_until(lambda: sum(effects(engine).values()) >= n // 2 and ledger.llen("external") >= n // 2, 60,
-               what="half the work")
+    wait_until(
+        lambda: sum(effects(engine).values()) >= n // 2 and ledger.llen("external") >= n // 2, 60, what="half the work"
+    )
     store.flushall()
     # the fault fired: the store lost its keys, including the epoch marker
     assert not store.exists("reliable:epoch")
@@ -43,8 +44,9 @@ def test_flushall_mid_run_does_not_repeat_effects(workers, ledger, engine: Engin
     wait_until(lambda: store.exists("reliable:epoch"), 30, what="Redis to be re-warmed")
 
 
-def test_redis_restart_between_runs_does_not_repeat_effects(workers, ledger, engine: Engine,
-                                                            private_redis: RedisServer) -> None:
+def test_redis_restart_between_runs_does_not_repeat_effects(
+    workers, ledger, engine: Engine, private_redis: RedisServer
+) -> None:
     env = _pointed_at(private_redis)
     w = workers("w1", env)
     for r in [external_effect.delay(i) for i in range(20)]:

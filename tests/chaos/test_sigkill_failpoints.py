@@ -15,11 +15,14 @@ LEDGER_URL = f"{REDIS}/{TEST_DBS['ledger']}"
 
 @pytest.mark.parametrize("failpoint", ["after_claim", "before_commit", "after_commit", "before_ack"])
 def test_sigkill_at_failpoint_applies_each_effect_exactly_once(failpoint, workers, ledger, engine: Engine) -> None:
-    workers("w1", {
-        "CELERY_RELIABLE_FAILPOINTS": failpoint,
-        "CELERY_RELIABLE_FAILPOINTS_URL": LEDGER_URL,
-        "TEST_CLAIM_LEASE": "1.5",
-    })
+    workers(
+        "w1",
+        {
+            "CELERY_RELIABLE_FAILPOINTS": failpoint,
+            "CELERY_RELIABLE_FAILPOINTS_URL": LEDGER_URL,
+            "TEST_CLAIM_LEASE": "1.5",
+        },
+    )
     results = [charge.delay(f"order-{i}", 100 + i) for i in range(N)]
 
     outcomes = [r.get(timeout=90) for r in results]
@@ -33,7 +36,7 @@ def test_sigkill_at_failpoint_applies_each_effect_exactly_once(failpoint, worker
     assert effects(engine) == {f"order-{i}": 1 for i in range(N)}
     stored = stored_results(engine)
     assert len(stored) == N
-    for i, (r, out) in enumerate(zip(results, outcomes)):
+    for i, (r, out) in enumerate(zip(results, outcomes, strict=True)):
         assert r.state == "SUCCESS"
         if failpoint == "after_commit":
             # killed between the commit and storing the result: the effect stands, the

@@ -16,10 +16,7 @@ def test_same_key_storm_gives_one_effect_and_one_result_per_key(workers, ledger,
     workers("w1", {"TEST_CLAIM_LEASE": "5", "TEST_BUSY_DELAY": "0.1"})
     workers("w2", {"TEST_CLAIM_LEASE": "5", "TEST_BUSY_DELAY": "0.1"})
     with charge.app.producer_or_acquire() as producer:
-        results = [
-            charge.apply_async((f"k{k}", k), producer=producer)
-            for k in range(KEYS) for _ in range(COPIES)
-        ]
+        results = [charge.apply_async((f"k{k}", k), producer=producer) for k in range(KEYS) for _ in range(COPIES)]
     wait_until(lambda: all(r.ready() for r in results), 300, interval=0.5, what="the storm to drain")
 
     # the fault: every key was delivered COPIES times (deliveries are counted, never deduplicated)
@@ -28,5 +25,7 @@ def test_same_key_storm_gives_one_effect_and_one_result_per_key(workers, ledger,
     stored = stored_results(engine)
     assert len(stored) == KEYS and all(v is not None for v in stored.values())
     assert {r.state for r in results} == {"SUCCESS"}
-    assert all(r.result == {"order_id": f"k{k}", "charged": k}
-               for r, k in zip(results, (k for k in range(KEYS) for _ in range(COPIES))))
+    assert all(
+        r.result == {"order_id": f"k{k}", "charged": k}
+        for r, k in zip(results, (k for k in range(KEYS) for _ in range(COPIES)), strict=True)
+    )

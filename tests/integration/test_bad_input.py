@@ -30,7 +30,7 @@ def test_call_missing_a_key_argument_fails_at_publish(clean) -> None:
 def test_arguments_json_cannot_hold_fail_at_publish(clean) -> None:
     with pytest.raises(SerializationError, match=r"\['args'\]\[1\].*datetime"):
         charge.delay("o-1", dt.datetime.now())
-    with pytest.raises(SerializationError, match="nan|float"):
+    with pytest.raises(SerializationError, match="float"):
         charge.delay("o-1", float("nan"))
     assert _queued() == 0
 
@@ -47,7 +47,7 @@ def test_odd_unicode_and_long_keys_work_end_to_end(order_id, workers, engine: En
 def test_result_json_cannot_hold_is_a_clear_failure_and_the_key_stays_usable(workers, ledger) -> None:
     workers("w1", {})
     r = returns_set.delay(4)
-    with pytest.raises(ResultNotSerializable, match="result of tests.worker_app.returns_set"):
+    with pytest.raises(ResultNotSerializable, match=r"result of tests\.worker_app\.returns_set"):
         r.get(timeout=20)
     r2 = returns_set.delay(4)
     with pytest.raises(ResultNotSerializable):
@@ -55,11 +55,14 @@ def test_result_json_cannot_hold_is_a_clear_failure_and_the_key_stays_usable(wor
     assert ledger.llen("returns_set") == 2  # not cached as a result: the next call ran again
 
 
-@pytest.mark.parametrize(("settings", "named"), [
-    ({"reliable_claim_lease": "soon"}, "reliable_claim_lease"),
-    ({"reliable_claim_leese": 3}, "did you mean 'reliable_claim_lease'"),
-    ({"reliable_pump_batch": 0}, "reliable_pump_batch"),
-])
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"reliable_claim_lease": "soon"}, "reliable_claim_lease"),
+        ({"reliable_claim_leese": 3}, "did you mean 'reliable_claim_lease'"),
+        ({"reliable_pump_batch": 0}, "reliable_pump_batch"),
+    ],
+)
 def test_bad_settings_stop_the_worker_at_start_naming_the_setting(settings, named, tmp_path, clean) -> None:
     w = WorkerProcess("bad", {"TEST_EXTRA_SETTINGS": json.dumps(settings)}, tmp_path)
     try:

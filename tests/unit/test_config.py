@@ -9,8 +9,8 @@ from celery import Celery
 
 from celery_reliable import ConfigurationError, UnknownOptionError, get_config
 from celery_reliable.defaults import SETTINGS
-from celery_reliable.jsoncodec import dumps, fingerprint
 from celery_reliable.errors import SerializationError
+from celery_reliable.jsoncodec import dumps, fingerprint
 
 
 def _app(**conf: object) -> Celery:
@@ -31,14 +31,17 @@ def test_parsed_once_per_app() -> None:
     assert get_config(app) is get_config(app)
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("reliable_claim_lease", "30s", "reliable_claim_lease: expected seconds"),
-    ("reliable_claim_lease", -1, "non-negative"),
-    ("reliable_pump_batch", 2.5, "reliable_pump_batch: expected a positive int"),
-    ("reliable_pump_enabled", "yes", "reliable_pump_enabled: expected True or False"),
-    ("reliable_database_url", 5, "reliable_database_url: expected a non-empty string"),
-    ("reliable_idempotency_ttl", True, "expected seconds"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("reliable_claim_lease", "30s", "reliable_claim_lease: expected seconds"),
+        ("reliable_claim_lease", -1, "non-negative"),
+        ("reliable_pump_batch", 2.5, "reliable_pump_batch: expected a positive int"),
+        ("reliable_pump_enabled", "yes", "reliable_pump_enabled: expected True or False"),
+        ("reliable_database_url", 5, "reliable_database_url: expected a non-empty string"),
+        ("reliable_idempotency_ttl", True, "expected seconds"),
+    ],
+)
 def test_wrong_types_name_the_setting(name: str, value: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         get_config(_app(**{name: value}))

@@ -66,26 +66,32 @@ def test_callable_key_and_its_errors(app: Celery) -> None:
 
 def test_template_naming_an_unknown_argument_fails_at_declaration(app: Celery) -> None:
     with pytest.raises(ConfigurationError, match=r"names 'order'.*its arguments: order_id, amount"):
+
         @app.task(base=ReliableTask, idempotency_key="charge:{order}")
         def charge(order_id, amount):
             return None
-        charge.name  # Celery creates task classes lazily: the first use declares it
+
+        charge.name  # noqa: B018  # Celery creates task classes lazily: the first use declares it
 
 
 def test_positional_template_fields_are_refused(app: Celery) -> None:
     with pytest.raises(ConfigurationError, match="not positions"):
+
         @app.task(base=ReliableTask, idempotency_key="charge:{0}")
         def charge(order_id):
             return None
-        charge.name
+
+        charge.name  # noqa: B018
 
 
 def test_unknown_option_fails_with_a_suggestion(app: Celery) -> None:
     with pytest.raises(UnknownOptionError, match="did you mean 'idempotency_key'"):
+
         @app.task(base=ReliableTask, idempotensy_key="x")
         def f():
             return None
-        f.name
+
+        f.name  # noqa: B018
 
 
 def test_celery_options_and_decorator_options_are_accepted(app: Celery) -> None:
@@ -98,25 +104,33 @@ def test_celery_options_and_decorator_options_are_accepted(app: Celery) -> None:
 
 def test_wrong_option_values_and_clashes(app: Celery) -> None:
     with pytest.raises(ConfigurationError, match="idempotency_key: expected"):
+
         @app.task(base=ReliableTask, idempotency_key=42)
         def a():
             return None
-        a.name
-    with pytest.raises(ConfigurationError, match="idempotency_ttl.*clashes"):
+
+        a.name  # noqa: B018
+    with pytest.raises(ConfigurationError, match=r"idempotency_ttl.*clashes"):
+
         @app.task(base=ReliableTask, idempotency_key=Idempotency("k"), idempotency_ttl=5)
         def b():
             return None
-        b.name
+
+        b.name  # noqa: B018
     with pytest.raises(ConfigurationError, match="idempotency_on_publish: expected True or False"):
+
         @app.task(base=ReliableTask, idempotency_key="k", idempotency_on_publish="yes")
         def c():
             return None
-        c.name
+
+        c.name  # noqa: B018
     with pytest.raises(ConfigurationError, match="at least one second"):
+
         @app.task(base=ReliableTask, idempotency_key="k", idempotency_ttl=0.5)
         def d():
             return None
-        d.name
+
+        d.name  # noqa: B018
 
 
 def test_no_options_compiles_to_nothing(app: Celery) -> None:
