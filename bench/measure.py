@@ -29,9 +29,11 @@ class Rep:
         kind: task kind (``plain_noop``, ``reliable_insert``, ...).
         n: tasks run.
         tasks_per_s: ``n`` over first start to last done.
-        service_ms: per task, ``task_prerun`` -> result stored (guards included, queue wait not).
+        service_ms: per task, ``task_prerun`` -> ``date_done`` (stamped by Celery as it stores
+            the result, after the guards' completion step); queue wait not included.
         pre_ms: per task, ``task_prerun`` -> body start (the claim, for ReliableTask).
-        post_ms: per task, body end -> result stored (completion, result write).
+        body_ms: per task, the body (for ``reliable_insert``: the whole ``self.transaction()``).
+        post_ms: per task, body end -> ``date_done`` (completion: result record, Redis release).
         e2e_ms: per task, publish -> result stored (paced reps only).
         server_calls: ``INFO commandstats`` calls on the reliable Redis during the rep.
         counts: exact client-side counts (count reps only), summed over the rep's tasks.
@@ -42,6 +44,7 @@ class Rep:
     tasks_per_s: float
     service_ms: list[float]
     pre_ms: list[float]
+    body_ms: list[float]
     post_ms: list[float]
     e2e_ms: list[float] = field(default_factory=list)
     server_calls: dict[str, int] = field(default_factory=dict)
@@ -138,6 +141,7 @@ def run_rep(target: Target, kind: str, n: int, tag: str, count: bool = False, ra
         kind=kind, n=n, tasks_per_s=n / (last - first),
         service_ms=[(done - s[0]) * 1000 for s, done in results],
         pre_ms=[(s[1] - s[0]) * 1000 for s, _ in results],
+        body_ms=[(s[2] - s[1]) * 1000 for s, _ in results],
         post_ms=[(done - s[2]) * 1000 for s, done in results],
         e2e_ms=[(done - t) * 1000 for t, (_, done) in zip(sent, results, strict=True)] if rate is not None else [],
         server_calls=server_calls, counts=counts,

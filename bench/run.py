@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from . import infra
 from .measure import Rep
@@ -78,6 +79,21 @@ def _redis_rtt_us(client: redis.Redis, n: int = 2000) -> float:
     return statistics.median(samples)
 
 
+def _pg_us(engine: Engine, n: int = 300) -> tuple[float, float]:
+    """Median SELECT 1 and one-row INSERT + COMMIT times (us), for context."""
+    select, commit = [], []
+    with engine.connect() as conn:
+        for i in range(n):
+            t0 = time.perf_counter()
+            conn.exec_driver_sql("SELECT 1").all()
+            t1 = time.perf_counter()
+            conn.execute(text("INSERT INTO bench_effects (n, task_id, kind) VALUES (:n, '', 'calibrate')"), {"n": i})
+            conn.commit()
+            select.append((t1 - t0) * 1e6)
+            commit.append((time.perf_counter() - t1) * 1e6)
+    return statistics.median(select), statistics.median(commit)
+
+
 def _run_worker(plan: Plan, pool: str, conc: int, mode: str, reliable_url: str, wd: Path) -> WorkerResult:
     from .app import app
     from .measure import Target, run_rep
@@ -111,7 +127,9 @@ def _report(results: dict[tuple[str, str], WorkerResult], peers: list[PubResult]
     from .stats import breakdown, median_rate, per_task, pooled, server_breakdown, table
 
     out = [f"Run {meta['date']} on {meta['machine']}; n={meta['n']} tasks x {meta['reps']} reps per config "
-           f"(medians); Redis PING round trip from Python: {meta['redis_rtt_us']:.0f} us.", "",
+           f"(medians). Medians measured from Python here: Redis PING {meta['redis_rtt_us']:.0f} us, "
+           f"PostgreSQL SELECT 1 {meta['pg_select_us']:.0f} us, "
+           f"one-row INSERT + COMMIT {meta['pg_commit_us']:.0f} us.", "",
            "### Throughput (tasks/s, median of reps; ratio = reliable / plain, same worker, interleaved)", ""]
     rows = []
     for (pool, mode), res in results.items():
@@ -124,16 +142,16 @@ def _report(results: dict[tuple[str, str], WorkerResult], peers: list[PubResult]
                      "met" if ratio >= TARGETS[mode] else "MISSED"))
     out += [table(("pool", "workload", "plain/s", "reliable/s", "ratio", "per-rep ratios", "target", ""), rows), ""]
 
-    out += ["### In-worker time per task (ms): task_prerun -> result stored, all timed reps pooled", ""]
+    out += ["### In-worker time per task (ms): task_prerun -> date_done, all timed reps pooled", ""]
     rows = []
     for (pool, mode), res in results.items():
         plain, rel = MODES[mode]
         sp, sr = pooled(res.timed[plain], "service_ms"), pooled(res.timed[rel], "service_ms")
         for kind, s in ((plain, sp), (rel, sr)):
-            rows.append((pool, kind, pct(s, 0.5), pct(s, 0.99), pct(pooled(res.timed[kind], "pre_ms"), 0.5),
-                         pct(pooled(res.timed[kind], "post_ms"), 0.5)))
-        rows.append((pool, "added by reliable", pct(sr, 0.5) - pct(sp, 0.5), pct(sr, 0.99) - pct(sp, 0.99), "", ""))
-    out += [table(("pool", "task", "p50", "p99", "before body p50", "after body p50"), rows), ""]
+            rows.append((pool, kind, pct(s, 0.5), pct(s, 0.99),
+                         *(pct(pooled(res.timed[kind], a), 0.5) for a in ("pre_ms", "body_ms", "post_ms"))))
+        rows.append((pool, "added by reliable", pct(sr, 0.5) - pct(sp, 0.5), pct(sr, 0.99) - pct(sp, 0.99), "", "", ""))
+    out += [table(("pool", "task", "p50", "p99", "before body p50", "body p50", "after body p50"), rows), ""]
 
     out += [f"### End-to-end latency (ms), publish -> result stored, paced at {meta['paced_rate']:.0f}/s, -P solo", ""]
     rows = []
@@ -191,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _, reliable_url = infra.private_redis(6390, wd)
         os.environ.update(BENCH_RELIABLE_REDIS=reliable_url, BENCH_BROKER=BROKER, BENCH_BACKEND=BACKEND)
-        infra.prepare_database(DB_URL)
+        pg_select_us, pg_commit_us = _pg_us(infra.prepare_database(DB_URL))
         from .app import app
 
         for url in (BROKER, BACKEND):
@@ -211,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
                            "shared and noisy", "n": plan.n, "reps": plan.reps, "paced_rate": plan.paced_rate,
-                "peer_m": plan.peer_m, "peer_reps": plan.peer_reps, "redis_rtt_us": rtt}
+                "peer_m": plan.peer_m, "peer_reps": plan.peer_reps, "redis_rtt_us": rtt,
+                "pg_select_us": pg_select_us, "pg_commit_us": pg_commit_us}
         print()
         print(_report(results, peers, meta))
         print()

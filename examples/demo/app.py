@@ -55,6 +55,9 @@ app.conf.update(
     reliable_busy_delay=0.3,
     reliable_defer_jitter=0.2,
     reliable_pump_interval=0.1,
+    # Entries a SIGKILLed worker's pump had taken but not yet published go back to the
+    # deferred set when this lease runs out (default 60 s; short for the demo).
+    reliable_pump_lease=5.0,
     task_acks_late=True,  # ack after the task ran: a killed worker's task is redelivered
     task_reject_on_worker_lost=True,  # a killed child's task goes straight back to the queue
     worker_prefetch_multiplier=1,

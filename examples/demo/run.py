@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,19 +35,10 @@ from sqlalchemy.engine import Engine, make_url
 
 from .procs import Processes, children, wait_for_redis
 from .report import Outcome, count_effects, render
+from .workload import Message, workload
 
 APP = "examples.demo.app"
 FAILPOINTS = ("after_claim", "before_commit", "after_commit", "before_ack")
-
-
-@dataclass(frozen=True)
-class Message:
-    """One publish of the charge task. ``kind``: first, double-click or re-sent."""
-
-    task_id: str
-    order_id: str
-    amount_cents: int
-    kind: str
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,34 +49,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="prefork processes per worker")
     parser.add_argument("--timeout", type=float, default=90, help="seconds to wait for the work")
     parser.add_argument("--seed", type=int, default=None, help="random seed of the workload")
-    parser.add_argument("--failpoint", default=None,
-                        choices=FAILPOINTS,
-                        help="also make the replacement worker crash at this point once per task")
+    parser.add_argument("--failpoint", default="after_commit", choices=(*FAILPOINTS, "none"),
+                        help="the replacement worker also SIGKILLs itself at this point once per task "
+                             "(default after_commit: effect committed, result not stored, message not acked)")
     parser.add_argument("--unprotected", action="store_true",
                         help="charge with a plain Celery task instead, to see what celery-reliable prevents")
     parser.add_argument("--beat", action="store_true", help="also run celery beat (maintenance jobs)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, SQLite file)")
     return parser.parse_args(argv)
-
-
-def workload(run_id: str, orders: int, rng: random.Random) -> tuple[list[Message], dict[str, int]]:
-    """Every order 2-3 times (double-clicks, close together), ~15% re-sent later with the same id.
-
-    Returns:
-        the messages in publishing order, and the amount in cents expected per order.
-    """
-    expected: dict[str, int] = {}
-    timeline: list[tuple[float, Message]] = []
-    for i in range(orders):
-        order_id = f"{run_id}-order-{i:04d}"
-        expected[order_id] = rng.randint(500, 25_000)
-        for click in range(rng.choice((2, 2, 3))):
-            msg = Message(str(uuid.uuid4()), order_id, expected[order_id], "first" if click == 0 else "double-click")
-            timeline.append((i + rng.uniform(0, 4), msg))
-            if rng.random() < 0.15:  # what a broker redelivery looks like: same task id again
-                timeline.append((i + rng.uniform(10, 80), replace(msg, kind="re-sent")))
-    timeline.sort(key=lambda item: item[0])
-    return [msg for _, msg in timeline], expected
 
 
 def database_url(tmp: Path) -> str:
@@ -119,6 +89,7 @@ class Demo:
         self.private = False
         self.env: dict[str, str] = {}
         self.app: ModuleType | None = None
+        self._ledger: redis.Redis | None = None
 
     def say(self, message: str) -> None:
         """Print a progress line stamped with the seconds since start."""
@@ -153,8 +124,10 @@ class Demo:
         return engine
 
     def ledger(self) -> redis.Redis:
-        """A client for the ledger Redis."""
-        return redis.Redis.from_url(self.env["DEMO_LEDGER"])
+        """The client for the ledger Redis."""
+        if self._ledger is None:
+            self._ledger = redis.Redis.from_url(self.env["DEMO_LEDGER"])
+        return self._ledger
 
     def start_workers(self, names: list[str]) -> None:
         """Start ``celery worker`` processes and wait until every one of them is ready."""
@@ -203,19 +176,19 @@ class Demo:
         self.killed += killed
         self.say(message)
 
-    def idle(self) -> bool:
-        """Nothing queued, nothing unacked, nothing parked in the deferred set."""
+    def backlog(self) -> dict[str, int]:
+        """What is still waiting: queued, unacked (delivered, not acked), and parked (deferred set)."""
         from celery_reliable.runtime import runtime
 
         assert self.app is not None
         broker = redis.Redis.from_url(self.env["DEMO_BROKER"])
         try:
             prefix = f"demo-{self.run_id}:"
-            busy = broker.llen(prefix + self.app.QUEUE) + broker.hlen(prefix + "unacked")
+            queued, unacked = broker.llen(prefix + self.app.QUEUE), broker.hlen(prefix + "unacked")
         finally:
             broker.close()
         sizes = runtime(self.app.app).deferred().sizes()
-        return busy == 0 and sizes["due"] + sizes["inflight"] == 0
+        return {"queued": queued, "unacked": unacked, "parked": sizes["due"], "pumping": sizes["inflight"]}
 
     def run(self) -> int:
         """Set up, publish, break things, wait, count; the exit status."""
@@ -226,8 +199,7 @@ class Demo:
         rng = random.Random(self.args.seed)
         messages, expected = workload(self.run_id, self.args.orders, rng)
         for msg in messages:
-            task.apply_async(kwargs={"order_id": msg.order_id, "amount_cents": msg.amount_cents},
-                                        task_id=msg.task_id)
+            task.apply_async(kwargs={"order_id": msg.order_id, "amount_cents": msg.amount_cents}, task_id=msg.task_id)
         self.task_ids = {m.task_id for m in messages}
         kinds = {k: sum(m.kind == k for m in messages) for k in ("double-click", "re-sent")}
         self.say(f"published {len(messages)} {task.name} messages for {len(expected)} orders "
@@ -242,7 +214,7 @@ class Demo:
         assert self.app is not None
         rows = select(func.count()).where(self.app.payments.c.run_id == self.run_id)
         deadline = time.monotonic() + self.args.timeout
-        quiet = 0
+        quiet, next_status = 0, time.monotonic() + 20
         while time.monotonic() < deadline:
             with engine.connect() as conn:
                 charged = conn.execute(rows).scalar() or 0
@@ -250,9 +222,12 @@ class Demo:
                 plan.pop(0)[1](charged)
             if charged >= self.args.orders and not plan:
                 results = {tid: r for tid, r in results.items() if not r.ready()}
-                quiet = quiet + 1 if not results and self.idle() else 0
+                quiet = quiet + 1 if not results and not any(self.backlog().values()) else 0
                 if quiet >= 3:
                     break
+            if time.monotonic() > next_status:  # say what we wait for when it takes long
+                next_status += 10
+                self.say(f"waiting: {charged}/{self.args.orders} charged, backlog {self.backlog()}")
             time.sleep(0.2)
         self.say("all messages handled" if not results else f"timed out with {len(results)} task(s) unfinished")
         return {tid: r for tid, r in results.items() if not r.ready()}
@@ -262,7 +237,10 @@ class Demo:
         """Count, print the table, and return 0 if exactly once held."""
         assert self.app is not None
         led = self.ledger()
-        count = lambda name: int(led.get(self.app.ledger_key(name)) or 0)  # noqa: E731
+
+        def count(name: str) -> int:
+            return int(led.get(self.app.ledger_key(name)) or 0)  # type: ignore[union-attr]
+
         if self.args.failpoint:
             self.fired = int(led.exists(*(f"failpoint:{self.args.failpoint}:{tid}" for tid in self.task_ids)))
             self.kills.append(f"worker c's pool processes SIGKILLed themselves {self.fired} times "
@@ -285,13 +263,15 @@ class Demo:
         for r in failed[:3]:
             out.notes.append(f"task {r.id}: {r.state} {r.result!r}")
         if answered_none:
-            out.notes.append(f"{answered_none} duplicate(s) returned None: a SIGKILL landed after the commit and "
-                             "before the result was stored, so only the effect (not the return value) was kept")
+            out.notes.append(f"{answered_none} task(s) returned None, not the charge's result: the process that "
+                             "committed the payment died before storing its return value (the payment is there, once)")
         print(render(out), flush=True)
         return 0 if out.ok else 1
 
     def cleanup(self) -> None:
         """Delete this run's keys when we used a shared Redis (a private one just stops)."""
+        if self._ledger is not None:
+            self._ledger.close()
         if self.private or not self.env:
             return
         client = redis.Redis.from_url(self.env["DEMO_LEDGER"])
@@ -315,6 +295,8 @@ class Demo:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     args = parse_args(argv)
+    if args.failpoint == "none":
+        args.failpoint = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on SIGTERM too
     tmp = Path(tempfile.mkdtemp(prefix="celery-reliable-demo-"))
     procs = Processes(tmp)

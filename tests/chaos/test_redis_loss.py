@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import redis
 from sqlalchemy.engine import Engine
 
@@ -11,14 +14,20 @@ from tests.harness import RedisServer, wait_until
 from tests.worker_app import app, charge, external_effect
 
 
-def _pointed_at(server: RedisServer) -> dict[str, str]:
-    app.conf.reliable_redis_url = server.url
+@pytest.fixture()
+def env(private_redis: RedisServer) -> Iterator[dict[str, str]]:
+    """Point this process and the workers at the private Redis; restore afterwards."""
+    original = app.conf.reliable_redis_url
+    app.conf.reliable_redis_url = private_redis.url
     reset_config(app)
-    return {"TEST_RELIABLE_REDIS": server.url, "TEST_CLAIM_LEASE": "2"}
+    yield {"TEST_RELIABLE_REDIS": private_redis.url, "TEST_CLAIM_LEASE": "2"}
+    app.conf.reliable_redis_url = original
+    reset_config(app)
 
 
-def test_flushall_mid_run_does_not_repeat_effects(workers, ledger, engine: Engine, private_redis: RedisServer) -> None:
-    env = _pointed_at(private_redis)
+def test_flushall_mid_run_does_not_repeat_effects(
+    workers, ledger, engine: Engine, private_redis: RedisServer, env: dict[str, str]
+) -> None:
     store = redis.Redis.from_url(private_redis.url)
     workers("w1", env)
     workers("w2", env)
@@ -45,9 +54,8 @@ def test_flushall_mid_run_does_not_repeat_effects(workers, ledger, engine: Engin
 
 
 def test_redis_restart_between_runs_does_not_repeat_effects(
-    workers, ledger, engine: Engine, private_redis: RedisServer
+    workers, ledger, engine: Engine, private_redis: RedisServer, env: dict[str, str]
 ) -> None:
-    env = _pointed_at(private_redis)
     w = workers("w1", env)
     for r in [external_effect.delay(i) for i in range(20)]:
         r.get(timeout=30)

@@ -1,0 +1,44 @@
+# celery-reliable: every target sets up what it needs on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: demo test lint unit soak bench bench-quick services clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[dev,bench]"
+	touch $@
+
+services:
+	@bash scripts/services.sh
+
+## The demo: workers, a payments workload with duplicates and a killed worker.
+demo: $(VENV)/.installed
+	$(PY) -m examples.demo
+
+## The tests: lint, types, then unit, integration and fault tests on real services.
+test: $(VENV)/.installed services lint
+	$(PY) -m pytest -ra --durations=15
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check celery_reliable tests examples workers beat bench
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit -q
+
+## Long fault soaks (minutes), not part of `make test`.
+soak: $(VENV)/.installed services
+	$(PY) -m pytest -m soak -ra
+
+bench: $(VENV)/.installed services
+	$(PY) -m bench.run
+
+bench-quick: $(VENV)/.installed services
+	$(PY) -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
