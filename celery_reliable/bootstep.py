@@ -8,7 +8,7 @@ from typing import Any
 from celery import bootsteps
 
 from .checks import check_redis
-from .config import get_config
+from .config import get_config, override_config
 from .deferred.pump import Pump
 from .runtime import runtime
 
@@ -24,6 +24,10 @@ class ReliableStep(bootsteps.StartStopStep):
         # Parse the settings now: a wrong or unknown reliable_* setting stops the worker
         # at start-up with a message naming it, not at the first task.
         self.config = get_config(worker.app)
+        if worker.app.conf.get("reliable_send_events") is None and getattr(worker, "task_events", False):
+            # `celery worker -E` turns task events on without touching the setting; follow it.
+            # Set before the pool forks, so every child sees it.
+            self.config = override_config(worker.app, send_events=True)
         self.pump: Pump | None = None
         super().__init__(worker, **kwargs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -140,6 +141,14 @@ def get_config(app: Celery) -> ReliableConfig:
         cached = parse(app)
         app.__dict__[_CACHE_ATTR] = cached
     return cached
+
+
+def override_config(app: Celery, **changes: Any) -> ReliableConfig:
+    """Replace fields of the app's parsed config (for values the worker learns at start)."""
+    updated = dataclasses.replace(get_config(app), **changes)
+    app.__dict__[_CACHE_ATTR] = updated
+    app.__dict__.pop("_celery_reliable_runtime", None)
+    return updated
 
 
 def reset_config(app: Celery) -> None:

@@ -74,8 +74,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "reliable_pump_lease",
         "duration",
-        60.0,
-        "How long a pumped entry may stay in flight before a sweep puts it back.",
+        15.0,
+        "How long a pumped entry may stay in flight before a sweep puts it back (a worker "
+        "killed mid-publish delays its entries by at most this long).",
     ),
     Setting(
         "reliable_cleanup_batch",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 
 import pytest
@@ -86,3 +89,32 @@ def test_publish_time_dedup_returns_the_original_async_result(worker, ledger) ->
     assert ledger.lrange("receipts", 0, -1) == [b"r1"]
     other = send_receipt.delay("r2")
     assert other.id != first.id and other.get(timeout=20) == "sent:r2"
+
+
+def test_decisions_are_sent_as_celery_events(worker) -> None:
+    """What Flower and `celery events` see: task-deduplicated and task-deferred."""
+    seen: list[dict] = []
+    ready = threading.Event()
+
+    def capture() -> None:
+        with app.connection_for_read() as conn:
+            recv = app.events.Receiver(conn, handlers={"*": seen.append})
+            ready.set()
+            with contextlib.suppress(socket.timeout, TimeoutError):
+                recv.capture(limit=None, timeout=8, wakeup=False)
+
+    t = threading.Thread(target=capture, daemon=True)
+    t.start()
+    ready.wait(5)
+    time.sleep(0.5)
+    charge.delay("ev-1", 1).get(timeout=20)
+    charge.delay("ev-1", 1).get(timeout=20)
+    held = [charge.delay("ev-2", 2, 1.0) for _ in range(2)]  # same key at once: one is deferred
+    for r in held:
+        r.get(timeout=20)
+    wait_until(lambda: {"task-deduplicated", "task-deferred"} <= {e["type"] for e in seen}, 10,
+               what="the events")
+    dedup = next(e for e in seen if e["type"] == "task-deduplicated")
+    assert dedup["key"].endswith("charge:ev-1") and dedup["original_task_id"]
+    deferred = next(e for e in seen if e["type"] == "task-deferred")
+    assert deferred["reason"] == "key-in-progress" and deferred["uuid"] in {r.id for r in held}
