@@ -30,6 +30,7 @@ from .runtime import Runtime, runtime
 if TYPE_CHECKING:
     from celery import Task
     from celery.app.task import Context
+    from sqlalchemy.orm import Session
 
 logger = logging.getLogger("celery_reliable")
 
@@ -48,6 +49,33 @@ class Execution:
     transaction_used: bool = False
     committed: bool = False
     duplicate: Record | None = None
+    pending: Session | None = None
+
+    def rollback_pending(self) -> None:
+        """Roll back a transaction still waiting for the task's result."""
+        if self.pending is not None:
+            session, self.pending = self.pending, None
+            try:
+                session.rollback()
+            finally:
+                session.close()
+
+    def commit_pending(self, result_json: str, redis_url: str) -> Record:
+        """Write the result into the record and commit it with the task's effects."""
+        assert self.pending is not None and self.scoped is not None
+        session, self.pending = self.pending, None
+        try:
+            db_store.complete_in(session.connection(), self.scoped, self.task_id, result_json)
+            _failpoints.hit("before_commit", self.task_id, redis_url)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        self.committed = True
+        _failpoints.hit("after_commit", self.task_id, redis_url)
+        return Record(self.fingerprint, self.task_id, COMPLETED, result_json)
 
 
 current: ContextVar[Execution | None] = ContextVar("celery_reliable_execution", default=None)
@@ -124,11 +152,17 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
         _failpoints.hit("after_claim", req.id, cfg.redis_url)
         try:
             result = task.run(*args, **kwargs)
+            if ex.duplicate is None:
+                try:
+                    result_json = dumps(result, where=f"result of {task.name}")
+                except SerializationError as exc:
+                    raise ResultNotSerializable(str(exc), scoped) from exc
         except BaseException:
+            ex.rollback_pending()
             if ex.duplicate is not None:
                 idem.complete(scoped, owner, ex.duplicate, ttl_ms)
                 return replay(task, rt, scoped, fp, ex.duplicate)
-            if ex.committed:  # effects are in: the key is spent even though the body failed after
+            if ex.committed:  # committed on exit: the key is spent even though the task failed after
                 idem.complete(scoped, owner, Record(fp, req.id, COMMITTED, None), ttl_ms)
             else:
                 idem.release(scoped, owner)
@@ -137,21 +171,25 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
             idem.complete(scoped, owner, ex.duplicate, ttl_ms)
             return replay(task, rt, scoped, fp, ex.duplicate)
         try:
-            result_json = dumps(result, where=f"result of {task.name}")
-        except SerializationError as exc:
-            if not ex.committed:
-                idem.release(scoped, owner)
-            raise ResultNotSerializable(str(exc), scoped) from exc
-        record = Record(fp, req.id, COMPLETED, result_json)
-        if rt.has_database:
-            record = db_store.store_result(
-                rt.engine(), scoped, task.name, fp, req.id, result_json, ttl_ms, committed=ex.committed
-            )
+            if ex.pending is not None:
+                record = ex.commit_pending(result_json, cfg.redis_url)
+            elif rt.has_database:
+                record = db_store.store_result(
+                    rt.engine(), scoped, task.name, fp, req.id, result_json, ttl_ms, committed=ex.committed
+                )
+            else:
+                record = Record(fp, req.id, COMPLETED, result_json)
+        except BaseException:
+            # Nothing is known to be stored: free the key for the retry. Had the commit in
+            # fact gone through, the retry's insert finds the record and rolls back.
+            idem.release(scoped, owner)
+            raise
         idem.complete(scoped, owner, record, ttl_ms)
         _failpoints.hit("before_ack", req.id, cfg.redis_url)
         if record.task_id != req.id:  # another execution got there first (Redis had lost the claim)
             return replay(task, rt, scoped, fp, record)
         return result
     finally:
+        ex.rollback_pending()
         heartbeat().remove(lease)
         current.reset(token)

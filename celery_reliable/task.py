@@ -70,16 +70,19 @@ class ReliableTask(Task):
 
         return run_guarded(self, req, args, kwargs)
 
-    def transaction(self) -> AbstractContextManager[Session]:
-        """A SQLAlchemy session whose commit also marks the idempotency key as done.
+    def transaction(self, commit_on_exit: bool = False) -> AbstractContextManager[Session]:
+        """A SQLAlchemy session whose commit also records the idempotency key and result.
 
         Database effects written through it happen exactly once per key, even when a
         worker is killed at any instant: a second execution of the key finds the
-        record, rolls its own transaction back, and returns the stored result.
+        record, rolls its own transaction back, and returns the stored result. For a
+        keyed task the commit happens when the task returns, with its result; pass
+        ``commit_on_exit=True`` to commit at the end of the block instead (see
+        :func:`celery_reliable.transaction.task_transaction`).
         """
         from .transaction import task_transaction
 
-        return task_transaction(self)
+        return task_transaction(self, commit_on_exit=commit_on_exit)
 
     def apply_async(
         self,

@@ -1,4 +1,4 @@
-"""``self.transaction()``: the task's database effects and its idempotency record, one commit."""
+"""``self.transaction()``: the task's database effects, its idempotency record and its result, one commit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from . import _failpoints
 from .errors import DuplicateExecution, IdempotencyKeyMismatch, TransactionError
-from .execution import current
+from .execution import Execution, current
 from .idempotency import db_store
 from .runtime import runtime
 
@@ -18,14 +18,46 @@ if TYPE_CHECKING:
     from celery import Task
 
 
-@contextmanager
-def task_transaction(task: Task) -> Iterator[Session]:
-    """Open a session whose commit also records the idempotency key as committed.
+def _claim_record(session: Session, ex: Execution) -> None:
+    """Insert the key's record first in the transaction, or raise for a duplicate."""
+    assert ex.scoped is not None
+    conn = session.connection()
+    if db_store.insert_committed(conn, ex.scoped, ex.task_name, ex.fingerprint, ex.task_id, ex.ttl_ms):
+        return
+    stored = db_store.fetch(conn, ex.scoped)
+    session.rollback()
+    if stored is None:  # expired between the two statements: let the retry decide
+        raise DuplicateExecution(f"{ex.scoped!r} changed while committing; try again", ex.scoped)
+    if stored.fingerprint != ex.fingerprint:
+        raise IdempotencyKeyMismatch(ex.scoped, stored.fingerprint, ex.fingerprint)
+    ex.duplicate = stored
+    raise DuplicateExecution(
+        f"idempotency key {ex.scoped!r} was already committed by task {stored.task_id}; "
+        "this execution's transaction was rolled back",
+        ex.scoped,
+    )
 
-    The record is inserted first, so a concurrent duplicate waits on the key's row and
-    then fails cleanly; on a duplicate the session is rolled back and
-    :class:`DuplicateExecution` is raised (ReliableTask turns it into the stored result).
-    Called directly (outside a worker execution) it is a plain session that commits.
+
+@contextmanager
+def task_transaction(task: Task, commit_on_exit: bool = False) -> Iterator[Session]:
+    """Open a session whose commit also records the idempotency key and the task's result.
+
+    For a task with an idempotency key the record is inserted first, so a concurrent
+    duplicate waits on the key's row and then fails cleanly (the session is rolled back
+    and :class:`DuplicateExecution` raised; ReliableTask turns it into the stored result).
+    The block's end flushes; the commit happens when the task returns, together with the
+    result, so no crash can leave effects without a result. If the task raises after the
+    block, everything rolls back and the key stays usable for a retry.
+
+    Args:
+        task: the running task.
+        commit_on_exit: commit at the end of the block instead (for code after the block
+            that must see the data committed); a crash between that commit and the end of
+            the task then leaves the key committed without a result, and duplicates get
+            ``None``.
+
+    Without an idempotency key, or called outside a worker, it is a plain session that
+    commits at the end of the block.
 
     Raises:
         TransactionError: entered twice in one execution, or no database configured.
@@ -43,32 +75,30 @@ def task_transaction(task: Task) -> Iterator[Session]:
                 "(its commit is what marks the idempotency key as done); put every effect in one block"
             )
         ex.transaction_used = True
+    keyed = ex is not None and ex.scoped is not None
     session = Session(engine)
+    handed_over = False
     try:
         session.begin()
-        if ex is not None and ex.scoped is not None:
-            conn = session.connection()
-            if not db_store.insert_committed(conn, ex.scoped, ex.task_name, ex.fingerprint, ex.task_id, ex.ttl_ms):
-                stored = db_store.fetch(conn, ex.scoped)
-                session.rollback()
-                if stored is None:  # expired between the two statements: let the retry decide
-                    raise DuplicateExecution(f"{ex.scoped!r} changed while committing; try again", ex.scoped)
-                if stored.fingerprint != ex.fingerprint:
-                    raise IdempotencyKeyMismatch(ex.scoped, stored.fingerprint, ex.fingerprint)
-                ex.duplicate = stored
-                raise DuplicateExecution(
-                    f"idempotency key {ex.scoped!r} was already committed by task {stored.task_id}; "
-                    "this execution's transaction was rolled back",
-                    ex.scoped,
-                )
+        if keyed:
+            assert ex is not None
+            _claim_record(session, ex)
         yield session
+        if keyed and not commit_on_exit:
+            assert ex is not None
+            session.flush()
+            ex.pending = session  # committed with the result when the task returns
+            handed_over = True
+            return
         _failpoints.hit("before_commit", task.request.id, rt.config.redis_url)
         session.commit()
     except BaseException:
         session.rollback()
         raise
     finally:
-        session.close()
-    if ex is not None:
-        ex.committed = ex.scoped is not None
+        if not handed_over:
+            session.close()
+    if keyed:
+        assert ex is not None
+        ex.committed = True
         _failpoints.hit("after_commit", task.request.id, rt.config.redis_url)

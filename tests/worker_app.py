@@ -140,3 +140,28 @@ def send_receipt(self: ReliableTask, order_id: str) -> str:
     """Deduplicated at publish time as well as at execution."""
     ledger().rpush("receipts", order_id)
     return f"sent:{order_id}"
+
+
+@app.task(base=ReliableTask, bind=True, idempotency_key="cf:{order_id}", max_retries=3)
+def charge_then_fail(self: ReliableTask, order_id: str) -> str:
+    """Writes its effect, then fails the first attempt after the block: the effect must roll back."""
+    ledger().rpush(f"cf_bodies:{order_id}", self.request.retries)
+    with self.transaction() as session:
+        session.execute(
+            text("INSERT INTO effects_ledger (key, task_id, pid, amount) VALUES (:k, :t, :p, 0)"),
+            {"k": order_id, "t": self.request.id, "p": os.getpid()},
+        )
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.2)
+    return order_id
+
+
+@app.task(base=ReliableTask, bind=True, idempotency_key="coe:{order_id}")
+def charge_commit_on_exit(self: ReliableTask, order_id: str, amount: int) -> dict[str, object]:
+    """Commits at the end of the block (for code after it that needs the data committed)."""
+    with self.transaction(commit_on_exit=True) as session:
+        session.execute(
+            text("INSERT INTO effects_ledger (key, task_id, pid, amount) VALUES (:k, :t, :p, :a)"),
+            {"k": order_id, "t": self.request.id, "p": os.getpid(), "a": amount},
+        )
+    return {"order_id": order_id, "charged": amount}

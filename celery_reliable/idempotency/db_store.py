@@ -64,6 +64,15 @@ def insert_committed(conn: Connection, key: str, task_name: str, fingerprint: st
     return True
 
 
+def complete_in(conn: Connection, key: str, task_id: str, result_json: str) -> None:
+    """Mark our ``committed`` record completed with its result, in the caller's transaction."""
+    conn.execute(
+        update(idempotency)
+        .where(idempotency.c.key == key, idempotency.c.task_id == task_id)
+        .values(state=COMPLETED, result=result_json, completed_at=utcnow())
+    )
+
+
 def store_result(
     engine: Engine,
     key: str,
@@ -81,11 +90,7 @@ def store_result(
     now = utcnow()
     with engine.begin() as conn:
         if committed:
-            conn.execute(
-                update(idempotency)
-                .where(idempotency.c.key == key, idempotency.c.task_id == task_id)
-                .values(state=COMPLETED, result=result_json, completed_at=now)
-            )
+            complete_in(conn, key, task_id, result_json)
             return Record(fingerprint, task_id, COMPLETED, result_json)
         conn.execute(delete(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at <= now))
         try:

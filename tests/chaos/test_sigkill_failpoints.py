@@ -7,7 +7,7 @@ from sqlalchemy.engine import Engine
 
 from tests.conftest import REDIS, TEST_DBS, effects, stored_results
 from tests.harness import wait_until
-from tests.worker_app import app, charge
+from tests.worker_app import app, charge, charge_commit_on_exit, charge_then_fail
 
 N = 8
 LEDGER_URL = f"{REDIS}/{TEST_DBS['ledger']}"
@@ -36,14 +36,10 @@ def test_sigkill_at_failpoint_applies_each_effect_exactly_once(failpoint, worker
     assert effects(engine) == {f"order-{i}": 1 for i in range(N)}
     stored = stored_results(engine)
     assert len(stored) == N
-    for i, (r, out) in enumerate(zip(results, outcomes, strict=True)):
-        assert r.state == "SUCCESS"
-        if failpoint == "after_commit":
-            # killed between the commit and storing the result: the effect stands, the
-            # result of the lost run is gone (documented) and the duplicate returns None
-            assert out in (None, {"order_id": f"order-{i}", "charged": 100 + i})
-        else:
-            assert out == {"order_id": f"order-{i}", "charged": 100 + i}
+    # the result was committed with the effect, so even the run killed right after
+    # the commit is answered with its real result
+    assert [r.state for r in results] == ["SUCCESS"] * N
+    assert outcomes == [{"order_id": f"order-{i}", "charged": 100 + i} for i in range(N)]
 
 
 def test_worker_killed_whole_mid_task_is_recovered_by_another(workers, ledger, engine: Engine) -> None:
@@ -65,3 +61,24 @@ def test_worker_killed_whole_mid_task_is_recovered_by_another(workers, ledger, e
     assert ledger.llen("deliveries") > 6
     assert effects(engine) == {f"slow-{i}": 1 for i in range(6)}
     assert app.AsyncResult(results[0].id).state == "SUCCESS"
+
+
+def test_failure_after_the_block_rolls_the_effect_back(workers, ledger, engine: Engine) -> None:
+    workers("w1", {})
+    assert charge_then_fail.delay("cf-1").get(timeout=30) == "cf-1"
+    assert [int(x) for x in ledger.lrange("cf_bodies:cf-1", 0, -1)] == [0, 1]  # the body ran twice
+    assert effects(engine) == {"cf-1": 1}  # the failed attempt's insert was rolled back
+
+
+def test_commit_on_exit_keeps_effects_once_even_without_a_result(workers, ledger, engine: Engine) -> None:
+    workers("w1", {
+        "CELERY_RELIABLE_FAILPOINTS": "after_commit",
+        "CELERY_RELIABLE_FAILPOINTS_URL": LEDGER_URL,
+        "TEST_CLAIM_LEASE": "1.5",
+    })
+    results = [charge_commit_on_exit.delay(f"coe-{i}", i) for i in range(4)]
+    outcomes = [r.get(timeout=60) for r in results]
+    assert int(ledger.get("failpoint:after_commit:fired") or 0) == 4
+    assert effects(engine) == {f"coe-{i}": 1 for i in range(4)}
+    # committed at the end of the block, killed before the result was stored: documented None
+    assert outcomes == [None] * 4
