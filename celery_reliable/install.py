@@ -16,7 +16,7 @@ def install_worker_step(app: Celery) -> None:
         return
     from .bootstep import ReliableStep
 
-    app.conf.add_defaults({s.name: s.default for s in SETTINGS})
+    app.add_defaults({s.name: s.default for s in SETTINGS})
     app.steps["worker"].add(ReliableStep)
     app.__dict__["_celery_reliable_step"] = True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Task
@@ -104,17 +105,11 @@ class ReliableTask(Task):
         an ETA message that workers would hold in memory.
         """
         spec = self._reliable_spec
+        publish = partial(
+            super().apply_async, args, kwargs, producer=producer, link=link, link_error=link_error, shadow=shadow
+        )
         if self.app.conf.task_always_eager:
-            return super().apply_async(
-                args,
-                kwargs,
-                task_id=task_id,
-                producer=producer,
-                link=link,
-                link_error=link_error,
-                shadow=shadow,
-                **options,
-            )
+            return publish(task_id=task_id, **options)
         from .config import get_config
         from .runtime import runtime
 
@@ -127,25 +122,15 @@ class ReliableTask(Task):
             scoped = spec.scoped(self.name, call_args, call_kwargs)
             fingerprint(call_args, call_kwargs)  # arguments JSON cannot hold fail here, unpublished
             if spec.on_publish:
-                earlier = (
-                    runtime(self.app).idempotency().publish_once(scoped, task_id, spec.ttl_ms or cfg.idempotency_ttl_ms)
-                )
+                ttl_ms = spec.ttl_ms or cfg.idempotency_ttl_ms
+                earlier = runtime(self.app).idempotency().publish_once(scoped, task_id, ttl_ms)
                 if earlier is not None and earlier != task_id:
                     return self.AsyncResult(earlier)
                 publish_key = scoped
         try:
             if delay_ms > cfg.defer_threshold_ms and delay_ms > 0:
                 return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options)
-            return super().apply_async(
-                args,
-                kwargs,
-                task_id=task_id,
-                producer=producer,
-                link=link,
-                link_error=link_error,
-                shadow=shadow,
-                **options,
-            )
+            return publish(task_id=task_id, **options)
         except BaseException:
             if publish_key is not None:
                 runtime(self.app).idempotency().forget_publish(publish_key, task_id)

@@ -33,14 +33,12 @@ def fetch(conn: Connection, key: str) -> Record | None:
     return None if row is None else _record(row)
 
 
-def insert_committed(conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, ttl_ms: int) -> bool:
-    """Insert the ``committed`` record inside the caller's transaction.
+def _insert(
+    conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, result_json: str | None, ttl_ms: int
+) -> bool:
+    """Insert a record (replacing an expired one); ``False`` if a live record of the key exists.
 
-    A savepoint keeps the caller's transaction usable when the key already exists.
-    Expired leftovers of the key are replaced.
-
-    Returns:
-        ``True`` if inserted, ``False`` if an unexpired record of the key exists.
+    A savepoint keeps the caller's transaction usable after a conflict.
     """
     now = utcnow()
     conn.execute(delete(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at <= now))
@@ -52,16 +50,27 @@ def insert_committed(conn: Connection, key: str, task_name: str, fingerprint: st
                     task_name=task_name,
                     fingerprint=fingerprint,
                     task_id=task_id,
-                    state=COMMITTED,
-                    result=None,
+                    state=COMMITTED if result_json is None else COMPLETED,
+                    result=result_json,
                     created_at=now,
-                    completed_at=None,
+                    completed_at=None if result_json is None else now,
                     expires_at=now + timedelta(milliseconds=ttl_ms),
                 )
             )
     except IntegrityError:
         return False
     return True
+
+
+def insert_committed(
+    conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, ttl_ms: int
+) -> bool:
+    """Insert the ``committed`` record inside the caller's transaction.
+
+    Returns:
+        ``True`` if inserted, ``False`` if an unexpired record of the key exists.
+    """
+    return _insert(conn, key, task_name, fingerprint, task_id, None, ttl_ms)
 
 
 def complete_in(conn: Connection, key: str, task_id: str, result_json: str) -> None:
@@ -87,32 +96,14 @@ def store_result(
 
     ``committed`` says this execution already inserted the ``committed`` row.
     """
-    now = utcnow()
     with engine.begin() as conn:
         if committed:
             complete_in(conn, key, task_id, result_json)
-            return Record(fingerprint, task_id, COMPLETED, result_json)
-        conn.execute(delete(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at <= now))
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    insert(idempotency).values(
-                        key=key,
-                        task_name=task_name,
-                        fingerprint=fingerprint,
-                        task_id=task_id,
-                        state=COMPLETED,
-                        result=result_json,
-                        created_at=now,
-                        completed_at=now,
-                        expires_at=now + timedelta(milliseconds=ttl_ms),
-                    )
-                )
-        except IntegrityError:
+        elif not _insert(conn, key, task_name, fingerprint, task_id, result_json, ttl_ms):
             existing = fetch(conn, key)
-            if existing is not None:
-                return existing
-            raise
+            if existing is None:  # pragma: no cover - expired between the two statements
+                raise RuntimeError(f"idempotency record {key!r} vanished while storing its result")
+            return existing
     return Record(fingerprint, task_id, COMPLETED, result_json)
 
 

@@ -118,3 +118,11 @@ def test_decisions_are_sent_as_celery_events(worker) -> None:
     assert dedup["key"].endswith("charge:ev-1") and dedup["original_task_id"]
     deferred = next(e for e in seen if e["type"] == "task-deferred")
     assert deferred["reason"] == "key-in-progress" and deferred["uuid"] in {r.id for r in held}
+
+
+def test_solo_pool_deduplicates_and_parks_too(workers, engine: Engine) -> None:
+    workers("solo", {}, pool="solo", concurrency=1)
+    results = [charge.delay("solo-1", 3) for _ in range(3)]
+    assert [r.get(timeout=20) for r in results] == [{"order_id": "solo-1", "charged": 3}] * 3
+    assert effects(engine) == {"solo-1": 1}
+    assert later.apply_async(("solo",), countdown=1.5).get(timeout=20) == "solo"

@@ -156,3 +156,15 @@ def test_keys_are_scoped_by_task_and_namespace() -> None:
     assert scoped_key("a", "k") != scoped_key("b", "k")
     assert scoped_key("a", "k", "t1") != scoped_key("a", "k", "t2")
     assert scoped_key("a", "k") == "a||k"
+
+
+def test_reliable_task_without_install_still_gets_the_worker_step(app: Celery) -> None:
+    from celery_reliable.bootstep import ReliableStep
+
+    @app.task(base=ReliableTask)
+    def plain(x):
+        return x
+
+    plain.name  # noqa: B018 - binds the task to the app
+    assert ReliableStep in app.steps["worker"]
+    assert app.conf.reliable_claim_lease == 30.0  # defaults registered
