@@ -170,6 +170,14 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
         if ex.duplicate is not None:
             idem.complete(scoped, owner, ex.duplicate, ttl_ms)
             return replay(task, rt, scoped, fp, ex.duplicate)
+        if lease.lost.is_set():
+            logger.warning(
+                "%s[%s]: the claim on %r was lost while the body ran (Redis lost it, or the lease ran out); "
+                "another execution may have run at the same time. Database effects stay exactly-once.",
+                task.name,
+                req.id,
+                scoped,
+            )
         try:
             if ex.pending is not None:
                 record = ex.commit_pending(result_json, cfg.redis_url)

@@ -62,9 +62,7 @@ def _insert(
     return True
 
 
-def insert_committed(
-    conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, ttl_ms: int
-) -> bool:
+def insert_committed(conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, ttl_ms: int) -> bool:
     """Insert the ``committed`` record inside the caller's transaction.
 
     Returns:
