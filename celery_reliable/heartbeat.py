@@ -44,6 +44,7 @@ class Heartbeat:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._wakes_at = 0.0  # when the thread looks next (monotonic)
 
     def add(self, lease: Lease) -> Lease:
         """Start renewing ``lease``; returns it."""
@@ -53,7 +54,10 @@ class Heartbeat:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="reliable-heartbeat", daemon=True)
                 self._thread.start()
-        self._wake.set()
+                return lease
+        # Waking the thread costs a thread switch per task: only when it would look too late.
+        if lease.next_at < self._wakes_at:
+            self._wake.set()
         return lease
 
     def remove(self, lease: Lease) -> None:
@@ -83,6 +87,7 @@ class Heartbeat:
                         continue
                     lease.next_at = now + lease.lease_ms / 3000.0
                 wait = min(wait, max(lease.next_at - now, 0.01))
+            self._wakes_at = now + wait
             self._wake.wait(wait)
             self._wake.clear()
 

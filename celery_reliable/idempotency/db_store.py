@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -36,27 +37,40 @@ def fetch(conn: Connection, key: str) -> Record | None:
 def _insert(
     conn: Connection, key: str, task_name: str, fingerprint: str, task_id: str, result_json: str | None, ttl_ms: int
 ) -> bool:
-    """Insert a record (replacing an expired one); ``False`` if a live record of the key exists.
+    """Insert a record, replacing an expired one; ``False`` if a live record of the key exists.
 
-    A savepoint keeps the caller's transaction usable after a conflict.
+    One statement on PostgreSQL and SQLite (``INSERT … ON CONFLICT DO UPDATE … WHERE
+    expired``); a concurrent inserter of the same key waits for the first to finish.
     """
     now = utcnow()
+    values = {
+        "key": key,
+        "task_name": task_name,
+        "fingerprint": fingerprint,
+        "task_id": task_id,
+        "state": COMMITTED if result_json is None else COMPLETED,
+        "result": result_json,
+        "created_at": now,
+        "completed_at": None if result_json is None else now,
+        "expires_at": now + timedelta(milliseconds=ttl_ms),
+    }
+    dialect = conn.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        upsert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = upsert(idempotency).values(**values)
+        returning = stmt.on_conflict_do_update(
+            index_elements=[idempotency.c.key],
+            set_={k: stmt.excluded[k] for k in values if k != "key"},
+            where=idempotency.c.expires_at <= now,
+        ).returning(idempotency.c.key)
+        return conn.execute(returning).first() is not None
+    # Other databases: replace an expired leftover, then insert under a savepoint.
     conn.execute(delete(idempotency).where(idempotency.c.key == key, idempotency.c.expires_at <= now))
     try:
         with conn.begin_nested():
-            conn.execute(
-                insert(idempotency).values(
-                    key=key,
-                    task_name=task_name,
-                    fingerprint=fingerprint,
-                    task_id=task_id,
-                    state=COMMITTED if result_json is None else COMPLETED,
-                    result=result_json,
-                    created_at=now,
-                    completed_at=None if result_json is None else now,
-                    expires_at=now + timedelta(milliseconds=ttl_ms),
-                )
-            )
+            conn.execute(insert(idempotency).values(**values))
     except IntegrityError:
         return False
     return True

@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from ..scripts import Scripts
 from .records import Record
@@ -60,10 +61,18 @@ class RedisIdempotency:
         """Claim the key for ``owner``; one round trip (the epoch check rides along)."""
         done, claim, _ = self.keys(scoped)
         if check_epoch:
+            # EVALSHA queued by hand: a Script object in a pipeline costs a SCRIPT EXISTS
+            # round trip first. NOSCRIPT (a restarted Redis) falls back to loading it.
             pipe = self.client.pipeline(transaction=False)
-            self.scripts.idem_claim(keys=[done, claim], args=[owner, lease_ms], client=pipe)
+            pipe.evalsha(self.scripts.idem_claim.sha, 2, done, claim, owner, lease_ms)
             pipe.exists(self.epoch_key)
-            reply, epoch = pipe.execute()
+            reply, epoch = pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                reply = self.scripts.idem_claim(keys=[done, claim], args=[owner, lease_ms])
+            elif isinstance(reply, Exception):
+                raise reply
+            if isinstance(epoch, Exception):
+                raise epoch
         else:
             reply, epoch = self.scripts.idem_claim(keys=[done, claim], args=[owner, lease_ms]), 1
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]

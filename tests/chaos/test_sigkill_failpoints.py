@@ -71,11 +71,14 @@ def test_failure_after_the_block_rolls_the_effect_back(workers, ledger, engine: 
 
 
 def test_commit_on_exit_keeps_effects_once_even_without_a_result(workers, ledger, engine: Engine) -> None:
-    workers("w1", {
-        "CELERY_RELIABLE_FAILPOINTS": "after_commit",
-        "CELERY_RELIABLE_FAILPOINTS_URL": LEDGER_URL,
-        "TEST_CLAIM_LEASE": "1.5",
-    })
+    workers(
+        "w1",
+        {
+            "CELERY_RELIABLE_FAILPOINTS": "after_commit",
+            "CELERY_RELIABLE_FAILPOINTS_URL": LEDGER_URL,
+            "TEST_CLAIM_LEASE": "1.5",
+        },
+    )
     results = [charge_commit_on_exit.delay(f"coe-{i}", i) for i in range(4)]
     outcomes = [r.get(timeout=60) for r in results]
     assert int(ledger.get("failpoint:after_commit:fired") or 0) == 4

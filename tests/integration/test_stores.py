@@ -159,3 +159,10 @@ def test_sqlite_records_conflict_like_postgres(tmp_path) -> None:
         assert not db_store.insert_committed(conn, "k", "t", "fp", "id2", 60_000)
     with eng.connect() as conn:
         assert db_store.fetch(conn, "k").task_id == "id1"
+
+
+def test_claim_survives_redis_forgetting_its_scripts(rt: Runtime) -> None:
+    idem = rt.idempotency()
+    idem.client.script_flush()  # as after a Redis restart
+    assert idem.claim("k", "a", 5000, check_epoch=True).status == "claimed"
+    assert idem.claim("k", "b", 5000, check_epoch=True).status == "busy"

@@ -112,8 +112,7 @@ def test_decisions_are_sent_as_celery_events(worker) -> None:
     held = [charge.delay("ev-2", 2, 1.0) for _ in range(2)]  # same key at once: one is deferred
     for r in held:
         r.get(timeout=20)
-    wait_until(lambda: {"task-deduplicated", "task-deferred"} <= {e["type"] for e in seen}, 10,
-               what="the events")
+    wait_until(lambda: {"task-deduplicated", "task-deferred"} <= {e["type"] for e in seen}, 10, what="the events")
     dedup = next(e for e in seen if e["type"] == "task-deduplicated")
     assert dedup["key"].endswith("charge:ev-1") and dedup["original_task_id"]
     deferred = next(e for e in seen if e["type"] == "task-deferred")
