@@ -13,7 +13,7 @@ Configured from environment variables set by :mod:`bench.run`:
 ``BENCH_KEY_PREFIX``
     ``reliable_key_prefix``, one per mode so the two worker kinds never share keys.
 
-Every task returns ``[prerun, body_start, body_end]`` (``time.time()``): ``prerun`` is
+Every task returns ``[prerun, body_start, body_end, pid]`` (times from ``time.time()``): ``prerun`` is
 stamped by the ``task_prerun`` signal, which fires before ``ReliableTask.__call__``
 and so before any guard. The result backend adds ``date_done`` when the result is
 stored, after the guards' completion step. Deliveries from a queue whose name holds
@@ -82,7 +82,7 @@ def plain_engine() -> Engine:
 
 
 def _stamps(body_start: float) -> list[float]:
-    return [getattr(_local, "prerun", body_start), body_start, time.time()]
+    return [getattr(_local, "prerun", body_start), body_start, time.time(), os.getpid()]
 
 
 @signals.task_prerun.connect

@@ -9,6 +9,7 @@ first and publish at a fixed rate, for end-to-end latency (publish -> result sto
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,10 @@ class Rep:
         pre_ms: per task, ``task_prerun`` -> body start (the claim, for ReliableTask).
         body_ms: per task, the body (for ``reliable_insert``: the whole ``self.transaction()``).
         post_ms: per task, body end -> ``date_done`` (completion: result record, Redis release).
-        e2e_ms: per task, publish -> result stored (paced reps only).
+        cycle_ms: per worker process, gaps between consecutive ``task_prerun`` stamps (a
+            task's full cost to the worker, broker and result backend included).
+        procs: worker processes that ran tasks.
+        e2e_ms: per task, publish -> ``date_done`` (paced reps only).
         server_calls: ``INFO commandstats`` calls on the reliable Redis during the rep.
         counts: exact client-side counts (count reps only), summed over the rep's tasks.
     """
@@ -46,6 +50,8 @@ class Rep:
     pre_ms: list[float]
     body_ms: list[float]
     post_ms: list[float]
+    cycle_ms: list[float]
+    procs: int
     e2e_ms: list[float] = field(default_factory=list)
     server_calls: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -90,6 +96,8 @@ def _results(target: Target, ids: list[str]) -> list[tuple[list[float], float]]:
     out = []
     for i in range(0, len(ids), 1000):
         for raw in target.backend.mget([META + x for x in ids[i:i + 1000]]):
+            if raw is None:
+                raise RuntimeError("a result disappeared from the result backend")
             meta = json.loads(raw)
             if meta["status"] != "SUCCESS":
                 raise RuntimeError(f"a task failed: {meta.get('result')!r}\n{meta.get('traceback')}")
@@ -134,7 +142,12 @@ def run_rep(target: Target, kind: str, n: int, tag: str, count: bool = False, ra
     _control(target, "cancel_consumer", queue)
     server_calls = commandstats(target.reliable)
     results = _results(target, ids)
-    counts = {k.decode(): int(v) for k, v in target.backend.hgetall(f"bench:counts:{queue}").items()}
+    raw_counts = target.backend.hgetall(f"bench:counts:{queue}")
+    counts = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw_counts.items()}
+    by_pid: dict[int, list[float]] = {}
+    for stamps, _ in results:
+        by_pid.setdefault(int(stamps[3]), []).append(stamps[0])
+    cycles = [(b - a) * 1000 for starts in by_pid.values() for a, b in itertools.pairwise(sorted(starts))]
     first = min(stamps[0] for stamps, _ in results)
     last = max(done for _, done in results)
     return Rep(
@@ -143,6 +156,7 @@ def run_rep(target: Target, kind: str, n: int, tag: str, count: bool = False, ra
         pre_ms=[(s[1] - s[0]) * 1000 for s, _ in results],
         body_ms=[(s[2] - s[1]) * 1000 for s, _ in results],
         post_ms=[(done - s[2]) * 1000 for s, done in results],
+        cycle_ms=cycles, procs=len(by_pid),
         e2e_ms=[(done - t) * 1000 for t, (_, done) in zip(sent, results, strict=True)] if rate is not None else [],
         server_calls=server_calls, counts=counts,
     )

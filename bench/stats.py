@@ -21,6 +21,15 @@ def median_rate(reps: Sequence[Rep]) -> float:
     return statistics.median(r.tasks_per_s for r in reps)
 
 
+def cycle_rate(reps: Sequence[Rep]) -> float:
+    """Noise-robust tasks/s: worker processes / median gap between task starts, median over reps.
+
+    A burst of noise from other tenants stretches a few gaps, which moves the mean
+    (the wall-clock rate) a lot and the median little.
+    """
+    return statistics.median(r.procs / statistics.median(r.cycle_ms) * 1000 for r in reps)
+
+
 def pooled(reps: Sequence[Rep], attr: str) -> list[float]:
     """Every per-task sample of ``attr`` from all ``reps``."""
     return [v for r in reps for v in getattr(r, attr)]
