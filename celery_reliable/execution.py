@@ -159,14 +159,12 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
                     raise ResultNotSerializable(str(exc), scoped) from exc
         except BaseException:
             ex.rollback_pending()
-            if ex.duplicate is not None:
-                idem.complete(scoped, owner, ex.duplicate, ttl_ms)
-                return replay(task, rt, scoped, fp, ex.duplicate)
-            if ex.committed:  # committed on exit: the key is spent even though the task failed after
-                idem.complete(scoped, owner, Record(fp, req.id, COMMITTED, None), ttl_ms)
-            else:
-                idem.release(scoped, owner)
-            raise
+            if ex.duplicate is None:  # a duplicate is answered below, whatever the body raised
+                if ex.committed:  # committed on exit: the key is spent even though the task failed after
+                    idem.complete(scoped, owner, Record(fp, req.id, COMMITTED, None), ttl_ms)
+                else:
+                    idem.release(scoped, owner)
+                raise
         if ex.duplicate is not None:
             idem.complete(scoped, owner, ex.duplicate, ttl_ms)
             return replay(task, rt, scoped, fp, ex.duplicate)

@@ -75,19 +75,17 @@ def task_transaction(task: Task, commit_on_exit: bool = False) -> Iterator[Sessi
                 "(its commit is what marks the idempotency key as done); put every effect in one block"
             )
         ex.transaction_used = True
-    keyed = ex is not None and ex.scoped is not None
+    keyed = ex if ex is not None and ex.scoped is not None else None
     session = Session(engine)
     handed_over = False
     try:
         session.begin()
-        if keyed:
-            assert ex is not None
-            _claim_record(session, ex)
+        if keyed is not None:
+            _claim_record(session, keyed)
         yield session
-        if keyed and not commit_on_exit:
-            assert ex is not None
+        if keyed is not None and not commit_on_exit:
             session.flush()
-            ex.pending = session  # committed with the result when the task returns
+            keyed.pending = session  # committed with the result when the task returns
             handed_over = True
             return
         _failpoints.hit("before_commit", task.request.id, rt.config.redis_url)
@@ -98,7 +96,6 @@ def task_transaction(task: Task, commit_on_exit: bool = False) -> Iterator[Sessi
     finally:
         if not handed_over:
             session.close()
-    if keyed:
-        assert ex is not None
-        ex.committed = True
+    if keyed is not None:
+        keyed.committed = True
         _failpoints.hit("after_commit", task.request.id, rt.config.redis_url)
