@@ -11,6 +11,11 @@ Every exception derives from :class:`ReliableError`::
     │   ├── KeyInProgress            the key runs elsewhere (eager calls only)
     │   ├── DuplicateExecution       another execution already committed this key
     │   └── ResultNotSerializable    the task's result cannot be stored as JSON
+    ├── LockError
+    │   ├── LockNotAcquired          the lock is held elsewhere (timeout, or not blocking)
+    │   ├── LockLost                 a held lock expired or was taken over
+    │   └── QuorumUnavailable        Redlock could not reach a majority of its nodes
+    ├── StaleFencingToken            a write carried an older fencing token than the resource's
     ├── SerializationError           arguments that cannot be encoded as JSON
     ├── TransactionError             misuse of ``self.transaction()``
     └── BackendUnavailable           Redis or the database cannot be reached
@@ -115,6 +120,76 @@ class DuplicateExecution(IdempotencyError):
 
 class ResultNotSerializable(IdempotencyError, TypeError):
     """A task with an idempotency key returned a value that is not JSON."""
+
+
+class LockError(ReliableError):
+    """Base class of lock errors.
+
+    Attributes:
+        name: the lock's name.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        self.message = f"lock {name!r}: {message}"
+        super().__init__(name, message)
+
+
+class LockNotAcquired(LockError):
+    """The lock is held by someone else and could not be acquired in time.
+
+    Attributes:
+        retry_after: seconds until the holder's lease runs out, when known.
+    """
+
+    def __init__(self, name: str, message: str = "held elsewhere", retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(name, message)
+        self.args = (name, message, retry_after)
+
+
+class LockLost(LockError):
+    """A lock this process held expired or was taken over before it was released.
+
+    Work done after the loss may have overlapped another holder; writes guarded by the
+    fencing token are still rejected by the resource.
+    """
+
+
+class QuorumUnavailable(LockError, ConnectionError):
+    """Redlock could not reach a majority of its nodes, so no lock can be granted.
+
+    Attributes:
+        reachable: nodes that answered.
+        needed: the quorum.
+    """
+
+    def __init__(self, name: str, reachable: int, needed: int) -> None:
+        self.reachable = reachable
+        self.needed = needed
+        super().__init__(name, f"only {reachable} node(s) answered, {needed} needed for a majority")
+        self.args = (name, reachable, needed)
+
+
+class StaleFencingToken(ReliableError):
+    """A write was refused because the resource has seen a newer fencing token.
+
+    Attributes:
+        resource: what was written (for example ``"accounts:42"``).
+        token: the token the write carried.
+        current: the newest token the resource has accepted, when known.
+    """
+
+    def __init__(self, resource: str, token: int, current: int | None = None) -> None:
+        self.resource = resource
+        self.token = token
+        self.current = current
+        seen = f" (it has accepted {current})" if current is not None else ""
+        self.message = (
+            f"write to {resource} refused: fencing token {token} is older than the resource's{seen}; "
+            "the lock was lost before this write"
+        )
+        super().__init__(resource, token, current)
 
 
 class SerializationError(ReliableError, TypeError):

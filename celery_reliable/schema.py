@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -22,4 +22,14 @@ idempotency = Table(
     Column("completed_at", DateTime(timezone=True), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("ix_reliable_idempotency_expires_at", "expires_at"),
+)
+
+#: Fencing-token ranges reserved per lock name. Every token Redis hands out for a name
+#: is at or below ``reserved``, so after Redis loses its data, new tokens start above it.
+fence_tokens = Table(
+    "reliable_fence_tokens",
+    metadata,
+    Column("name", String(1024), primary_key=True),
+    Column("reserved", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

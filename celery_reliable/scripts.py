@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import weakref
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -18,6 +19,8 @@ SCRIPT_NAMES = (
     "idem_complete",
     "lease_release",
     "lease_renew",
+    "lock_acquire",
+    "lock_release",
     "publish_once",
 )
 
@@ -26,6 +29,25 @@ SCRIPT_NAMES = (
 def script_source(name: str) -> str:
     """Return the text of ``lua/<name>.lua``."""
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+_per_client: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def script_for(client: Any, name: str) -> Any:
+    """Return script ``name`` registered on ``client`` (sync or asyncio), once per client.
+
+    Used for clients the caller owns (standalone locks and limiters); the result is a
+    redis-py ``Script`` or ``AsyncScript`` calling EVALSHA and reloading on NOSCRIPT.
+    """
+    scripts = _per_client.get(client)
+    if scripts is None:
+        scripts = {}
+        _per_client[client] = scripts
+    found = scripts.get(name)
+    if found is None:
+        found = scripts[name] = client.register_script(script_source(name))
+    return found
 
 
 class Scripts:
