@@ -11,13 +11,19 @@ from .errors import (
     IdempotencyKeyError,
     IdempotencyKeyMismatch,
     KeyInProgress,
+    LockError,
+    LockLost,
+    LockNotAcquired,
+    QuorumUnavailable,
     ReliableError,
     ResultNotSerializable,
     SerializationError,
+    StaleFencingToken,
     TransactionError,
     UnknownOptionError,
 )
 from .install import install
+from .locks import RedisLock
 from .maintenance import beat_schedule
 from .options import Idempotency
 from .task import ReliableTask
@@ -33,11 +39,17 @@ __all__ = [
     "IdempotencyKeyError",
     "IdempotencyKeyMismatch",
     "KeyInProgress",
+    "LockError",
+    "LockLost",
+    "LockNotAcquired",
+    "QuorumUnavailable",
+    "RedisLock",
     "ReliableConfig",
     "ReliableError",
     "ReliableTask",
     "ResultNotSerializable",
     "SerializationError",
+    "StaleFencingToken",
     "TransactionError",
     "UnknownOptionError",
     "beat_schedule",

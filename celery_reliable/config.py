@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 _CACHE_ATTR = "_celery_reliable_config"
 
+#: The lock backends a singleton task can use.
+LOCK_BACKENDS = ("redis", "redlock", "postgres")
+
 
 @dataclass(frozen=True)
 class ReliableConfig:
@@ -29,6 +32,9 @@ class ReliableConfig:
     busy_delay_ms: int
     defer_jitter_ms: int
     defer_threshold_ms: int
+    lock_ttl_ms: int
+    lock_backend: str
+    redlock_urls: tuple[str, ...]
     pump_enabled: bool
     pump_interval_ms: int
     pump_batch: int
@@ -78,6 +84,17 @@ def _check(setting: Setting, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigurationError(name, f"expected True or False, got {type(value).__name__} {value!r}")
         return value
+    if kind == "str_list":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigurationError(name, f"expected a list of strings, got {type(value).__name__} {value!r}")
+        for item in value:
+            if not isinstance(item, str) or not item:
+                raise ConfigurationError(name, f"expected non-empty strings, got {item!r}")
+        return tuple(value)
+    if kind == "lock_backend":
+        if value not in LOCK_BACKENDS:
+            raise ConfigurationError(name, f"expected one of {', '.join(map(repr, LOCK_BACKENDS))}, got {value!r}")
+        return value
     raise AssertionError(kind)  # pragma: no cover
 
 
@@ -123,6 +140,9 @@ def parse(app: Celery) -> ReliableConfig:
         busy_delay_ms=values["reliable_busy_delay"],
         defer_jitter_ms=values["reliable_defer_jitter"],
         defer_threshold_ms=values["reliable_defer_threshold"],
+        lock_ttl_ms=max(values["reliable_lock_ttl"], 100),
+        lock_backend=values["reliable_lock_backend"],
+        redlock_urls=values["reliable_redlock_urls"],
         pump_enabled=values["reliable_pump_enabled"],
         pump_interval_ms=max(values["reliable_pump_interval"], 10),
         pump_batch=values["reliable_pump_batch"],

@@ -15,7 +15,7 @@ class Setting:
     """One setting: the kind of value it takes, its default and what it means."""
 
     name: str
-    kind: str  # "str", "optional_str", "duration", "int", "bool", "optional_bool"
+    kind: str  # "str", "optional_str", "duration", "int", "bool", "optional_bool", "str_list", "lock_backend"
     default: Any
     doc: str
 
@@ -67,6 +67,24 @@ SETTINGS: tuple[Setting, ...] = (
         1.0,
         "A ReliableTask countdown/eta longer than this is parked in the deferred set "
         "instead of being sent as an ETA message.",
+    ),
+    Setting(
+        "reliable_lock_ttl",
+        "duration",
+        30.0,
+        "Lease of a task's singleton lock when the task sets no lock_ttl; renewed while the body runs.",
+    ),
+    Setting(
+        "reliable_lock_backend",
+        "lock_backend",
+        "redis",
+        "Default lock_backend of singleton tasks: 'redis', 'redlock' or 'postgres'.",
+    ),
+    Setting(
+        "reliable_redlock_urls",
+        "str_list",
+        (),
+        "Redis URLs of the independent nodes the 'redlock' lock backend uses (3 or 5).",
     ),
     Setting("reliable_pump_enabled", "bool", True, "Run the deferred-set pump in every worker."),
     Setting("reliable_pump_interval", "duration", 0.5, "How often the pump looks for due tasks."),

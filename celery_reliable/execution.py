@@ -82,13 +82,28 @@ current: ContextVar[Execution | None] = ContextVar("celery_reliable_execution", 
 
 
 def defer(
-    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, delay_ms: int, reason: str
+    task: Task,
+    req: Context,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    rt: Runtime,
+    delay_ms: int,
+    reason: str,
+    wake: Any = None,
 ) -> NoReturn:
-    """Park this delivery in the deferred set and end it without running (no retry spent)."""
+    """Park this delivery in the deferred set and end it without running (no retry spent).
+
+    ``wake``: a busy lock whose release should bring this delivery back before its due time.
+    """
     sig = task.signature_from_request(req, args, kwargs)
     entry = rt.deferred().entry(dict(sig), reason)
     delay_ms += rt.jitter_ms()
-    rt.deferred().park(entry, delay_ms)
+    parked_key = getattr(wake, "parked_key", None)
+    if parked_key is not None:  # a RedisLock: its release wakes the longest-waiting parked task
+        rt.deferred().park_waiting(entry, delay_ms, wake.key)
+        rt.redis.set(parked_key, "1", px=delay_ms + 5000)
+    else:
+        rt.deferred().park(entry, delay_ms)
     emit(task, "task-deferred", rt.config.send_events, reason=reason, delay_ms=delay_ms)
     raise Ignore()
 
@@ -110,6 +125,26 @@ def replay(task: Task, rt: Runtime, scoped: str, fp: str, record: Record) -> Any
 
 def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run the task body under its guards; the worker's view of one delivery."""
+    lock_spec = task._reliable_lock
+    if lock_spec is None:
+        return _run_keyed(task, req, args, kwargs)
+    from . import lock_guard
+    from .locks.task_lock import current_lock
+
+    rt = runtime(task.app)
+    lock = lock_guard.take(task, req, args, kwargs, rt, lock_spec)
+    if lock is lock_guard.SKIPPED:
+        return None
+    token = current_lock.set(lock)
+    try:
+        return _run_keyed(task, req, args, kwargs)
+    finally:
+        current_lock.reset(token)
+        lock_guard.give_back(task, rt, lock)
+
+
+def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run the body under its idempotency key, if it has one."""
     spec = task._reliable_spec
     if spec is None:
         token = current.set(Execution(task.name, req.id))

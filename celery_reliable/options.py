@@ -14,7 +14,17 @@ from .errors import ConfigurationError, UnknownOptionError
 from .idempotency.keys import KeyBuilder, KeySource
 
 #: The options ReliableTask adds to Celery's (each documented on ReliableTask).
-RELIABLE_OPTIONS = ("idempotency_key", "idempotency_namespace", "idempotency_ttl", "idempotency_on_publish")
+RELIABLE_OPTIONS = (
+    "idempotency_key",
+    "idempotency_namespace",
+    "idempotency_ttl",
+    "idempotency_on_publish",
+    "singleton",
+    "lock_key",
+    "lock_ttl",
+    "lock_backend",
+    "on_locked",
+)
 
 #: Options Celery's task decorator reads that are not Task attributes.
 CELERY_DECORATOR_OPTIONS = frozenset(

@@ -13,8 +13,10 @@ if TYPE_CHECKING:
 
 SCRIPT_NAMES = (
     "deferred_park",
+    "deferred_park_waiting",
     "deferred_sweep",
     "deferred_take",
+    "deferred_wake",
     "idem_claim",
     "idem_complete",
     "lease_release",

@@ -11,7 +11,8 @@ from celery import Task
 from celery.utils import uuid as celery_uuid
 
 from .jsoncodec import fingerprint
-from .options import IdempotencySpec, check_unknown, compile_idempotency
+from .locks.task_lock import LockSpec, compile_lock
+from .options import IdempotencySpec, check_unknown, compile_idempotency, task_signature
 
 if TYPE_CHECKING:
     from celery.result import AsyncResult
@@ -46,7 +47,31 @@ class ReliableTask(Task):
     #: returns the original task's ``AsyncResult`` instead of publishing again.
     idempotency_on_publish: ClassVar[bool] = False
 
+    #: One body at a time: ``True`` locks on the task's name (whatever the arguments);
+    #: see ``lock_key`` for one body per resource. The lock is held only while the body
+    #: runs, renewed meanwhile, and expires ``lock_ttl`` after its worker dies. Its
+    #: fencing token is ``self.request.fencing_token``.
+    singleton: ClassVar[bool] = False
+
+    #: Lock name per call, as a template over the arguments (``"report:{day}"``) or a
+    #: callable; implies ``singleton``. Names are not scoped by task, so two tasks with
+    #: the same lock key exclude each other.
+    lock_key: ClassVar[Any] = None
+
+    #: Lease of the lock (seconds or timedelta); default ``reliable_lock_ttl`` (30 s).
+    lock_ttl: ClassVar[Any] = None
+
+    #: ``"redis"``, ``"redlock"`` (``reliable_redlock_urls``) or ``"postgres"`` (advisory
+    #: lock on ``reliable_database_url``); default ``reliable_lock_backend``.
+    lock_backend: ClassVar[str | None] = None
+
+    #: When the lock is busy: ``"defer"`` (default: parked until the holder releases or
+    #: its lease runs out, no retry spent), ``"skip"`` (finish with result ``None`` and a
+    #: ``task-lock-skipped`` event) or ``"fail"`` (raise ``LockNotAcquired``).
+    on_locked: ClassVar[str | None] = None
+
     _reliable_spec: ClassVar[IdempotencySpec | None] = None
+    _reliable_lock: ClassVar[LockSpec | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -54,6 +79,7 @@ class ReliableTask(Task):
         if own.get("_decorated"):
             check_unknown(cls, own)
         cls._reliable_spec = compile_idempotency(cls, own)
+        cls._reliable_lock = compile_lock(cls, task_signature(vars(cls).get("run") or getattr(cls, "run", None)))
 
     @classmethod
     def bind(cls, app: Any) -> Any:
@@ -84,6 +110,26 @@ class ReliableTask(Task):
         from .transaction import task_transaction
 
         return task_transaction(self, commit_on_exit=commit_on_exit)
+
+    def check_lock(self) -> None:
+        """Raise :class:`~celery_reliable.LockLost` if this execution's lock was lost.
+
+        Call it before a write that must not overlap another holder, and pass
+        ``self.request.fencing_token`` with the write so the resource refuses it if the
+        loss happens after this check.
+
+        Raises:
+            LockError: the task holds no lock (it sets neither ``singleton`` nor ``lock_key``).
+            LockLost: the lease ran out or was taken over while the body ran.
+        """
+        from .locks.task_lock import current_lock
+
+        lock = current_lock.get()
+        if lock is None:
+            from .errors import LockError
+
+            raise LockError(self.name, "this execution holds no lock (set singleton=True or lock_key=...)")
+        lock.check()
 
     def apply_async(
         self,

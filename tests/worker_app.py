@@ -165,3 +165,51 @@ def charge_commit_on_exit(self: ReliableTask, order_id: str, amount: int) -> dic
             {"k": order_id, "t": self.request.id, "p": os.getpid(), "a": amount},
         )
     return {"order_id": order_id, "charged": amount}
+
+
+LOCK_TTL = float(env("TEST_LOCK_TTL", "2"))
+
+
+def _section(self: ReliableTask, tag: str, hold: float) -> dict[str, object]:
+    """Record one critical section in the ledger: who ran, with which token, from when to when."""
+    start = time.time()
+    ledger().rpush(f"enter:{tag}", f"{self.request.id}")
+    time.sleep(hold)
+    end = time.time()
+    entry = {"task_id": self.request.id, "pid": os.getpid(), "token": self.request.fencing_token, "start": start}
+    entry["end"] = end
+    ledger().rpush(f"sections:{tag}", json.dumps(entry))
+    return {"token": self.request.fencing_token, "lock": self.request.lock_name}
+
+
+@app.task(base=ReliableTask, bind=True, singleton=True, lock_ttl=LOCK_TTL)
+def exclusive(self: ReliableTask, n: int, hold: float = 0.2) -> dict[str, object]:
+    """One body at a time across the cluster, whatever the arguments."""
+    return _section(self, "exclusive", hold)
+
+
+@app.task(base=ReliableTask, bind=True, lock_key="report:{day}", lock_ttl=LOCK_TTL, on_locked="skip")
+def report_skip(self: ReliableTask, day: str, hold: float = 0.5) -> dict[str, object]:
+    """One report per day at a time; a second one while it runs is skipped."""
+    return _section(self, f"report:{day}", hold)
+
+
+@app.task(base=ReliableTask, bind=True, lock_key="report:{day}", lock_ttl=LOCK_TTL, on_locked="fail")
+def report_fail(self: ReliableTask, day: str, hold: float = 0.5) -> dict[str, object]:
+    """Same lock as report_skip; fails when it is busy."""
+    return _section(self, f"report:{day}", hold)
+
+
+@app.task(base=ReliableTask, bind=True, singleton=True, lock_backend="postgres")
+def pg_exclusive(self: ReliableTask, n: int, hold: float = 0.2) -> dict[str, object]:
+    """A singleton on a PostgreSQL advisory lock."""
+    return _section(self, "pg_exclusive", hold)
+
+
+@app.task(base=ReliableTask, bind=True, lock_key="acct:{acct}", lock_ttl=LOCK_TTL, max_retries=2)
+def locked_retry(self: ReliableTask, acct: str) -> str:
+    """Retries once; the lock must be free while the retry waits."""
+    ledger().rpush(f"attempts:{acct}", f"{self.request.retries}:{self.request.fencing_token}")
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.5)
+    return "done"

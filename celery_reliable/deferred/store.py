@@ -5,6 +5,8 @@ Keys (one hash tag, so the scripts also run on Redis Cluster)::
     <prefix>:{deferred}:due        sorted set: entry -> due time (ms, server clock)
     <prefix>:{deferred}:inflight   sorted set: entry -> lease deadline (ms)
     <prefix>:{deferred}:broken     sorted set: entries that could not be decoded or sent
+    <prefix>:{deferred}:lockwait:<sha1 of a lock key>
+                                   sorted set: entries parked until that lock is released
 
 An entry is the JSON of a Celery signature plus a park id, so it is unique in the set.
 Moving an entry back to its queue is at-least-once: ``take`` moves due entries into
@@ -14,6 +16,7 @@ Moving an entry back to its queue is at-least-once: ``take`` moves due entries i
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -54,6 +57,20 @@ class DeferredSet:
     def park(self, entry: str, delay_ms: int) -> int:
         """Park ``entry`` until ``delay_ms`` from now (server clock); returns its due time."""
         return int(self.scripts.deferred_park(keys=[self.due_key], args=[max(int(delay_ms), 0), entry]))
+
+    def waiters_key(self, lock_key: str) -> str:
+        """The set of entries parked until the lock with Redis key ``lock_key`` is released."""
+        digest = hashlib.sha1(lock_key.encode("utf-8"), usedforsecurity=False).hexdigest()
+        return f"{self.due_key.rsplit(':', 1)[0]}:lockwait:{digest}"
+
+    def park_waiting(self, entry: str, delay_ms: int, lock_key: str) -> int:
+        """Park ``entry`` like :meth:`park`, and list it to be woken when the lock is released."""
+        keys = [self.due_key, self.waiters_key(lock_key)]
+        return int(self.scripts.deferred_park_waiting(keys=keys, args=[max(int(delay_ms), 0), entry]))
+
+    def wake(self, lock_key: str) -> bool:
+        """Make the longest-waiting entry parked for a lock due now; True if there was one."""
+        return bool(self.scripts.deferred_wake(keys=[self.due_key, self.waiters_key(lock_key)]))
 
     def take(self, limit: int, lease_ms: int) -> list[bytes]:
         """Move up to ``limit`` due entries in flight and return them."""

@@ -5,7 +5,9 @@ Keys (all in one Redis Cluster slot, see :func:`~celery_reliable.locks.names.red
 - ``<prefix>:lock:{name}``: the owner token, expiring after the lease;
 - ``<prefix>:lock:{name}:fence``: the last fencing token handed out (a hash);
 - ``<prefix>:lock:{name}:wake``: a list a release pushes to, so blocked acquirers wake
-  at once instead of polling.
+  at once instead of polling;
+- ``<prefix>:lock:{name}:parked``: set while tasks parked in the deferred set wait for
+  the lock, so its release wakes the longest-waiting one.
 
 Acquire is one script (``lock_acquire.lua``) and release another (``lock_release.lua``):
 a pair costs two round trips. The same object works with ``redis.Redis`` (``with``,
@@ -103,6 +105,10 @@ class RedisLock:
         self.key = redis_key(prefix, self.name)
         self.fence_key = f"{self.key}:fence"
         self.wake_key = f"{self.key}:wake"
+        self.parked_key = f"{self.key}:parked"
+        self._release_keys = [self.key, self.wake_key, self.parked_key]
+        #: whether the last release found tasks parked in the deferred set waiting for this lock
+        self.parked_waiters = False
         self.token: int | None = None
         self.lost = threading.Event()
         self._owner: str | None = None
@@ -141,6 +147,15 @@ class RedisLock:
             wait = min(wait, deadline - time.monotonic())
         return max(wait, 0.0)
 
+    def _released(self, status: int) -> bool:
+        self.parked_waiters = status == 2
+        return status > 0
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the holder's lease still ran when the last acquire found the lock busy."""
+        return self._last_pttl / 1000.0 if self._last_pttl > 0 else None
+
     @property
     def owner(self) -> str | None:
         """The owner token of the current hold (``None`` when not held by this object)."""
@@ -167,10 +182,6 @@ class RedisLock:
         wait = self.timeout if timeout is None else optional_seconds(timeout, "timeout")
         deadline = None if (not block or wait is None) else time.monotonic() + wait
         return block, deadline
-
-    def _not_acquired(self, pttl_ms: int) -> LockNotAcquired:
-        after = pttl_ms / 1000.0 if pttl_ms > 0 else None
-        return LockNotAcquired(self.name, "held elsewhere", after)
 
     # -- sync -------------------------------------------------------------------------
 
@@ -247,11 +258,10 @@ class RedisLock:
         self._stop_heartbeat()
         owner, self._owner = self._owner, None
         try:
-            released = bool(
-                script_for(self.client, "lock_release")(keys=[self.key, self.wake_key], args=[owner, WAKE_TTL_MS])
-            )
+            status = int(script_for(self.client, "lock_release")(keys=self._release_keys, args=[owner, WAKE_TTL_MS]))
         finally:
             self.token = None
+        released = self._released(status)
         if not released:
             self.lost.set()
         return released
@@ -274,7 +284,7 @@ class RedisLock:
 
     def __enter__(self) -> RedisLock:
         if not self.acquire():
-            raise self._not_acquired(self._last_pttl)
+            raise LockNotAcquired(self.name, "held elsewhere", self.retry_after)
         return self
 
     def __exit__(
@@ -348,11 +358,11 @@ class RedisLock:
             self._renewer = None
         owner, self._owner = self._owner, None
         try:
-            released = bool(
-                await script_for(self.client, "lock_release")(keys=[self.key, self.wake_key], args=[owner, WAKE_TTL_MS])
-            )
+            script = script_for(self.client, "lock_release")
+            status = int(await script(keys=self._release_keys, args=[owner, WAKE_TTL_MS]))
         finally:
             self.token = None
+        released = self._released(status)
         if not released:
             self.lost.set()
         return released
@@ -371,7 +381,7 @@ class RedisLock:
 
     async def __aenter__(self) -> RedisLock:
         if not await self.aacquire():
-            raise self._not_acquired(self._last_pttl)
+            raise LockNotAcquired(self.name, "held elsewhere", self.retry_after)
         return self
 
     async def __aexit__(

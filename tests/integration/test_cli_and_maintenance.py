@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from celery_reliable.idempotency import db_store
 from celery_reliable.maintenance import CLEANUP_TASK, PUMP_TASK, beat_schedule, cleanup_idempotency, pump_deferred
+from celery_reliable.migrate import head_revision
 from celery_reliable.runtime import runtime
 from celery_reliable.schema import idempotency
 from tests.harness import CELERY, ROOT
@@ -32,13 +33,14 @@ def _celery(*args: str) -> subprocess.CompletedProcess[str]:
 def test_migrate_and_status_commands(clean) -> None:
     out = _celery("reliable", "migrate")
     assert out.returncode == 0, out.stderr
-    assert "at revision 0001_idempotency" in out.stdout and "root@" in out.stdout
+    assert f"at revision {head_revision()}" in out.stdout and "root@" in out.stdout
     later.apply_async(("x",), countdown=600)
     status = _celery("reliable", "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["deferred"]["due"] == 1
-    assert report["migrations"] == {"current": "0001_idempotency", "head": "0001_idempotency"}
+    assert report["migrations"] == {"current": head_revision(), "head": head_revision()}
+    assert head_revision().startswith("0002")
 
 
 def test_cleanup_deletes_only_expired_records(clean, engine: Engine) -> None:
