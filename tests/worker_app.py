@@ -173,8 +173,9 @@ LOCK_TTL = float(env("TEST_LOCK_TTL", "2"))
 def _section(self: ReliableTask, tag: str, hold: float) -> dict[str, object]:
     """Record one critical section in the ledger: who ran, with which token, from when to when."""
     start = time.time()
-    ledger().rpush(f"enter:{tag}", f"{self.request.id}")
-    time.sleep(hold)
+    ledger().rpush(f"enter:{tag}", f"{self.request.id}:{os.getpid()}:{self.request.fencing_token}")
+    if ledger().set(f"held:{self.request.id}", 1, nx=True):  # a redelivery does not hold again
+        time.sleep(hold)
     end = time.time()
     entry = {"task_id": self.request.id, "pid": os.getpid(), "token": self.request.fencing_token, "start": start}
     entry["end"] = end
