@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
 
 from .defaults import SETTINGS
 
@@ -18,7 +20,16 @@ def install_worker_step(app: Celery) -> None:
 
     app.add_defaults({s.name: s.default for s in SETTINGS})
     app.steps["worker"].add(ReliableStep)
+    signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celery_reliable.lock_on_revoked")
     app.__dict__["_celery_reliable_step"] = True
+
+
+def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """A terminated singleton body gives its lock back once its process is gone."""
+    if terminated and request is not None and getattr(sender, "_reliable_lock", None) is not None:
+        from .lock_guard import release_after_kill
+
+        release_after_kill(sender, getattr(request, "args", ()), getattr(request, "kwargs", {}), "revoked")
 
 
 def install(app: Celery, beat: bool = True) -> Celery:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import LockNotAcquired
 from .events import emit
+from .locks.redis_lock import _HOST, WAKE_TTL_MS
 from .locks.task_lock import LockSpec, make_lock
+from .scripts import script_for
 
 if TYPE_CHECKING:
     from celery import Task
@@ -74,3 +80,68 @@ def give_back(task: Task, rt: Runtime, lock: Any) -> None:
             rt.deferred().wake(lock.key)
         except Exception as exc:  # the parked task still comes back at its due time
             logger.warning("%s: could not wake a task parked for lock %r: %r", task.request.id, lock.name, exc)
+
+
+def release_after_kill(task: Task, args: Any, kwargs: Any, why: str) -> None:
+    """Free the lock of an execution the worker is killing (revoke with terminate, hard time limit).
+
+    Runs in the worker's main process. The lock is released as soon as the process that
+    holds it is gone, never before (so two bodies cannot overlap), by a daemon thread
+    that gives up after the lease, which frees the lock anyway. Only the ``redis``
+    backend needs this: a PostgreSQL advisory lock dies with its session, and a Redlock
+    lease runs out.
+    """
+    spec: LockSpec | None = getattr(task, "_reliable_lock", None)
+    if spec is None:
+        return
+    from .runtime import runtime
+
+    rt = runtime(task.app)
+    if (spec.backend or rt.config.lock_backend) != "redis":
+        return
+    try:
+        lock = make_lock(rt, spec, spec.name(task.name, tuple(args or ()), dict(kwargs or {})))
+    except Exception as exc:
+        logger.warning("%s: cannot name the lock of a killed execution: %r", task.name, exc)
+        return
+    threading.Thread(
+        target=_release_when_gone, args=(rt, lock, why), name="reliable-lock-reaper", daemon=True
+    ).start()
+
+
+def _release_when_gone(rt: Runtime, lock: Any, why: str) -> None:
+    deadline = time.monotonic() + lock.ttl_ms / 1000.0
+    while time.monotonic() < deadline:
+        try:
+            owner = rt.redis.get(lock.key)
+            if owner is None:
+                return
+            text = owner.decode("utf-8", "replace") if isinstance(owner, bytes) else str(owner)
+            host, _, rest = text.partition(":")  # RedisLock owners are "<host>:<pid>:<thread>:<uuid>"
+            pid = int(rest.split(":", 1)[0])
+            if host != _HOST:
+                return
+            if not _alive(pid):
+                status = script_for(rt.redis, "lock_release")(keys=lock._release_keys, args=[owner, WAKE_TTL_MS])
+                if int(status):
+                    logger.info("released lock %r of a killed execution (%s)", lock.name, why)
+                if int(status) == 2:
+                    rt.deferred().wake(lock.key)
+                return
+        except Exception as exc:  # the lease still runs out by itself
+            logger.warning("could not release lock %r after %s: %r", lock.name, why, exc)
+            return
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purpose: it runs no more code
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -111,6 +111,16 @@ class ReliableTask(Task):
 
         return task_transaction(self, commit_on_exit=commit_on_exit)
 
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery's failure hook; after a hard time limit it frees the killed body's lock."""
+        from celery.exceptions import TimeLimitExceeded
+
+        if isinstance(exc, TimeLimitExceeded) and self._reliable_lock is not None:
+            from .lock_guard import release_after_kill
+
+            release_after_kill(self, args, kwargs, "hard time limit")
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+
     def check_lock(self) -> None:
         """Raise :class:`~celery_reliable.LockLost` if this execution's lock was lost.
 

@@ -80,3 +80,26 @@ def test_holder_stopped_past_its_lease_learns_it_lost_the_lock(workers, ledger) 
     assert "task-lock-lost" in w1.log()
     assert taker.get(timeout=30)["token"] == second_token
     assert client.exists(LOCK_KEY) == 0
+
+
+def test_revoked_and_time_limited_bodies_give_the_lock_back_once_dead(workers, ledger) -> None:
+    ttl = 20.0  # far longer than the test waits: the lock must come back by release, not expiry
+    workers("w1", {"TEST_LOCK_TTL": str(ttl)}, concurrency=2)
+    client = runtime(app).redis
+    victim = exclusive.delay(0, 60.0)
+    wait_until(lambda: len(entered(ledger)) == 1, 20, what="the first holder to start")
+    _, pid, _ = entered(ledger)[0]
+    app.control.revoke(victim.id, terminate=True, signal="SIGKILL")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, what="the revoked body's process to die")
+    start = time.time()
+    wait_until(lambda: client.exists(LOCK_KEY) == 0, 10, what="the lock of the revoked body to be released")
+    assert time.time() - start < ttl / 2
+
+    timed_out = exclusive.apply_async((1, 60.0), time_limit=2)
+    wait_until(lambda: len(entered(ledger)) == 2, 20, what="the second holder to start")
+    _, pid2, _ = entered(ledger)[1]
+    start = time.time()
+    assert exclusive.delay(2, 0.0).get(timeout=ttl / 2)["token"] > 0  # ran long before the lease would end
+    assert not Path(f"/proc/{pid2}").exists() or state(pid2) == "Z"
+    assert time.time() - start < ttl / 2
+    assert timed_out.state == "FAILURE"
