@@ -10,6 +10,7 @@ from celery import bootsteps
 from .checks import check_redis
 from .config import get_config, override_config
 from .deferred.pump import Pump
+from .locks.task_lock import check_backends
 from .runtime import runtime
 
 logger = logging.getLogger("celery_reliable")
@@ -28,6 +29,7 @@ class ReliableStep(bootsteps.StartStopStep):
             # `celery worker -E` turns task events on without touching the setting; follow it.
             # Set before the pool forks, so every child sees it.
             self.config = override_config(worker.app, send_events=True)
+        check_backends(worker.app.tasks, self.config)
         self.pump: Pump | None = None
         super().__init__(worker, **kwargs)
 

@@ -22,6 +22,7 @@ from ..idempotency.keys import KeyBuilder
 from .names import MAX_NAME_BYTES, ttl_ms
 
 if TYPE_CHECKING:
+    from ..config import ReliableConfig
     from ..runtime import Runtime
 
 logger = logging.getLogger("celery_reliable")
@@ -136,3 +137,24 @@ def make_lock(rt: Runtime, spec: LockSpec, name: str) -> Any:
     if not rt.has_database:
         raise ConfigurationError("reliable_database_url", "lock_backend='postgres' needs a PostgreSQL database")
     return PostgresAdvisoryLock(rt.engine(), name, blocking=False)
+
+
+def check_backends(tasks: Mapping[str, Any], cfg: ReliableConfig) -> None:
+    """Check, at worker start, that every singleton task's lock backend has its settings.
+
+    Raises:
+        ConfigurationError: naming the missing setting and the task that needs it.
+    """
+    for name, task in sorted(tasks.items()):
+        spec: LockSpec | None = getattr(task, "_reliable_lock", None)
+        if spec is None:
+            continue
+        backend = spec.backend or cfg.lock_backend
+        if backend == "redlock" and not cfg.redlock_urls:
+            raise ConfigurationError(
+                "reliable_redlock_urls", f"task {name} locks with lock_backend='redlock', which needs the nodes' URLs"
+            )
+        if backend == "postgres" and not cfg.database_url:
+            raise ConfigurationError(
+                "reliable_database_url", f"task {name} locks with lock_backend='postgres', which needs a database"
+            )
