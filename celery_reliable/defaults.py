@@ -112,7 +112,8 @@ SETTINGS: tuple[Setting, ...] = (
         "reliable_send_events",
         "optional_bool",
         None,
-        "Send task-deduplicated / task-deferred events. Unset: follow worker_send_task_events (celery worker -E).",
+        "Send task-deduplicated, task-deferred, task-lock-skipped and task-lock-lost events. "
+        "Unset: follow worker_send_task_events (celery worker -E).",
     ),
     Setting(
         "reliable_check_redis",
