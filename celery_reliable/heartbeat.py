@@ -44,19 +44,23 @@ class Heartbeat:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self._wakes_at = 0.0  # when the thread looks next (monotonic)
+        self._wakes_at = 0.0  # when the thread looks next (monotonic), set under _lock
+        self._version = 0  # bumped by add(), so a scan that missed a new lease repeats
 
     def add(self, lease: Lease) -> Lease:
         """Start renewing ``lease``; returns it."""
         lease.next_at = time.monotonic() + lease.lease_ms / 3000.0
         with self._lock:
             self._leases[id(lease)] = lease
+            self._version += 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="reliable-heartbeat", daemon=True)
                 self._thread.start()
                 return lease
-        # Waking the thread costs a thread switch per task: only when it would look too late.
-        if lease.next_at < self._wakes_at:
+            # Waking the thread costs a thread switch per task: only when it would look too
+            # late. A thread still scanning sees the new version and scans again.
+            late = lease.next_at < self._wakes_at
+        if late:
             self._wake.set()
         return lease
 
@@ -69,6 +73,7 @@ class Heartbeat:
         while True:
             with self._lock:
                 leases = list(self._leases.values())
+                seen = self._version
             now = time.monotonic()
             wait = 1.0
             for lease in leases:
@@ -87,7 +92,10 @@ class Heartbeat:
                         continue
                     lease.next_at = now + lease.lease_ms / 3000.0
                 wait = min(wait, max(lease.next_at - now, 0.01))
-            self._wakes_at = now + wait
+            with self._lock:
+                if self._version != seen:  # a lease was added while we scanned: look again
+                    continue
+                self._wakes_at = now + wait
             self._wake.wait(wait)
             self._wake.clear()
 

@@ -137,6 +137,7 @@ class RedisLock:
     def _granted(self, owner: str, token: int) -> None:
         self._owner = owner
         self.token = token
+        self._last_pttl = 0
         self._acquired_at = time.monotonic()
         self.lost.clear()
 
@@ -234,7 +235,12 @@ class RedisLock:
         renew_script = script_for(self.client, "lease_renew")
 
         def renew() -> bool:
-            return bool(renew_script(keys=[self.key], args=[owner, self.ttl_ms]))
+            # The heartbeat thread may run a renewal it took from its registry just before a
+            # release: a hold that ended (its key deleted by our own release) is no loss, and
+            # must not mark ``lost``, an event every later hold of this object shares.
+            if self._owner != owner:
+                return True
+            return bool(renew_script(keys=[self.key], args=[owner, self.ttl_ms])) or self._owner != owner
 
         self._lease = heartbeat().add(Lease(f"lock {self.name!r}", self.ttl_ms, renew, lost=self.lost))
 
@@ -344,6 +350,8 @@ class RedisLock:
                 period = min(self.ttl_ms / 6000.0, 1.0)
                 continue
             if not ok:
+                if self._owner != owner:  # released meanwhile: not a loss
+                    return
                 logger.error("lock %r was lost before it was released", self.name)
                 self.lost.set()
                 return
