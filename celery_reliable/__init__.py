@@ -23,7 +23,7 @@ from .errors import (
     UnknownOptionError,
 )
 from .install import install
-from .locks import RedisLock
+from .locks import PostgresAdvisoryLock, RedisLock, fenced_set, fenced_update, fenced_upsert
 from .maintenance import beat_schedule
 from .options import Idempotency
 from .task import ReliableTask
@@ -42,6 +42,7 @@ __all__ = [
     "LockError",
     "LockLost",
     "LockNotAcquired",
+    "PostgresAdvisoryLock",
     "QuorumUnavailable",
     "RedisLock",
     "ReliableConfig",
@@ -53,6 +54,9 @@ __all__ = [
     "TransactionError",
     "UnknownOptionError",
     "beat_schedule",
+    "fenced_set",
+    "fenced_update",
+    "fenced_upsert",
     "get_config",
     "install",
 ]

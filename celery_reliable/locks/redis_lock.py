@@ -74,7 +74,7 @@ class RedisLock:
     Attributes:
         token: the fencing token of the current hold (``None`` when not held). Pass it
             with every write to the protected resource (see
-            :class:`~celery_reliable.locks.fencing.FencedTable`).
+            :func:`~celery_reliable.locks.fencing.fenced_update`).
         lost: set when the heartbeat finds the lease gone; :meth:`check` then raises.
 
     Raises:

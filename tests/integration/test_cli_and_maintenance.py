@@ -40,7 +40,7 @@ def test_migrate_and_status_commands(clean) -> None:
     report = json.loads(status.stdout)
     assert report["deferred"]["due"] == 1
     assert report["migrations"] == {"current": head_revision(), "head": head_revision()}
-    assert head_revision().startswith("0002")
+    assert head_revision().startswith("0003")
 
 
 def test_cleanup_deletes_only_expired_records(clean, engine: Engine) -> None:
