@@ -11,7 +11,7 @@ import pytest
 from celery_reliable import LockNotAcquired
 from celery_reliable.runtime import runtime
 from tests.harness import wait_until
-from tests.worker_app import app, exclusive, locked_retry, report_fail, report_skip
+from tests.worker_app import app, exclusive, locked_retry, pg_exclusive, report_fail, report_skip
 
 
 def sections(ledger, tag: str) -> list[dict[str, float]]:
@@ -79,3 +79,14 @@ def test_eager_call_of_a_busy_singleton_raises(workers, ledger) -> None:
     start = time.time()
     assert exclusive.apply(args=(2, 0.0), throw=True).get()["token"] > 0
     assert time.time() - start < 5
+
+
+def test_postgres_advisory_backend_excludes_across_workers(workers, ledger) -> None:
+    workers("w1", {}, concurrency=2)
+    workers("w2", {}, concurrency=2)
+    results = [pg_exclusive.delay(i, 0.2) for i in range(6)]
+    for r in results:
+        assert r.get(timeout=60)["lock"] == pg_exclusive.name
+    rows = sections(ledger, "pg_exclusive")
+    assert len(rows) == 6
+    assert_no_overlap(rows)
