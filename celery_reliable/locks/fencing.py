@@ -11,8 +11,9 @@ An equal token is accepted (one holder writes several times).
   or ORM Session, on PostgreSQL or SQLite;
 - :func:`fenced_set`: a value in a Redis hash (fields ``value`` and ``token``).
 
-Tokens of different lock kinds (RedisLock, PostgresAdvisoryLock) are not comparable:
-fence one resource with one kind of lock.
+Tokens of RedisLock, Redlock and PostgresAdvisoryLock are all server microseconds (at
+least), so a resource keeps accepting the next holder's writes when a task moves from
+one lock backend to another (with server clocks in step).
 """
 
 from __future__ import annotations
