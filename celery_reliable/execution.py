@@ -98,10 +98,10 @@ def defer(
     sig = task.signature_from_request(req, args, kwargs)
     entry = rt.deferred().entry(dict(sig), reason)
     delay_ms += rt.jitter_ms()
-    parked_key = getattr(wake, "parked_key", None)
-    if parked_key is not None:  # a RedisLock: its release wakes the longest-waiting parked task
+    waiters_key = getattr(wake, "waiters_key", None)
+    if waiters_key is not None:  # a RedisLock: its release wakes the longest-waiting parked task
         rt.deferred().park_waiting(entry, delay_ms, wake.key)
-        rt.redis.set(parked_key, "1", px=delay_ms + 5000)
+        rt.redis.set(waiters_key, "1", px=delay_ms + 5000)
     else:
         rt.deferred().park(entry, delay_ms)
     emit(task, "task-deferred", rt.config.send_events, reason=reason, delay_ms=delay_ms)

@@ -75,7 +75,7 @@ def give_back(task: Task, rt: Runtime, lock: Any) -> None:
             task.request.get("fencing_token"),
         )
         emit(task, "task-lock-lost", rt.config.send_events, lock=lock.name)
-    elif getattr(lock, "parked_waiters", False):
+    elif getattr(lock, "had_waiters", False):
         try:
             rt.deferred().wake(lock.key)
         except Exception as exc:  # the parked task still comes back at its due time

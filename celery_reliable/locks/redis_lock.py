@@ -3,11 +3,12 @@
 Keys (all in one Redis Cluster slot, see :func:`~celery_reliable.locks.names.redis_key`):
 
 - ``<prefix>:lock:{name}``: the owner token, expiring after the lease;
-- ``<prefix>:lock:{name}:fence``: the last fencing token handed out (a hash);
+- ``<prefix>:lock:{name}:fence``: the last fencing token handed out (and ``:ceiling``,
+  the highest token the database reserved, with ``fence_db``);
 - ``<prefix>:lock:{name}:wake``: a list a release pushes to, so blocked acquirers wake
   at once instead of polling;
-- ``<prefix>:lock:{name}:parked``: set while tasks parked in the deferred set wait for
-  the lock, so its release wakes the longest-waiting one.
+- ``<prefix>:lock:{name}:waiters``: set while someone waits (a blocked acquire, or a task
+  parked in the deferred set), so a release only pushes a wake-up when it is needed.
 
 Acquire is one script (``lock_acquire.lua``) and release another (``lock_release.lua``):
 a pair costs two round trips. The same object works with ``redis.Redis`` (``with``,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -45,6 +47,25 @@ WAKE_TTL_MS = 5_000
 #: new key after expiry still hands out larger tokens).
 FENCE_TTL_MS = 7 * 86_400_000
 _HOST = socket.gethostname()
+
+
+_seq = itertools.count()
+_nonce = uuid.uuid4().hex[:12]
+
+
+def new_owner() -> str:
+    """A unique owner token: ``<host>:<pid>:<per-process nonce><counter>`` (host and pid first,
+    so a worker's main process can tell a dead local holder's lock)."""
+    return f"{_HOST}:{os.getpid()}:{_nonce}{next(_seq)}"
+
+
+def _new_nonce() -> None:
+    global _nonce, _seq
+    _nonce, _seq = uuid.uuid4().hex[:12], itertools.count()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_nonce)
 
 
 def _is_async(client: Any) -> bool:
@@ -105,10 +126,13 @@ class RedisLock:
         self.key = redis_key(prefix, self.name)
         self.fence_key = f"{self.key}:fence"
         self.wake_key = f"{self.key}:wake"
-        self.parked_key = f"{self.key}:parked"
-        self._release_keys = [self.key, self.wake_key, self.parked_key]
-        #: whether the last release found tasks parked in the deferred set waiting for this lock
-        self.parked_waiters = False
+        self.waiters_key = f"{self.key}:waiters"
+        self._acquire_keys = [self.key, self.fence_key, f"{self.key}:ceiling", self.waiters_key]
+        self._release_keys = [self.key, self.wake_key, self.waiters_key]
+        self._async = _is_async(client)
+        self._durable = "1" if fence_db is not None else "0"
+        #: whether the last release found someone waiting (a blocked acquire or a parked task)
+        self.had_waiters = False
         self.token: int | None = None
         self.lost = threading.Event()
         self._owner: str | None = None
@@ -119,15 +143,19 @@ class RedisLock:
 
     # -- shared logic ---------------------------------------------------------------
 
-    def _new_owner(self) -> str:
-        return f"{_HOST}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
+    def _acquire_args(self, owner: str, wait: bool, floor: str = "", ceiling: str = "") -> list[Any]:
+        return [owner, self.ttl_ms, self._durable, FENCE_TTL_MS, floor, ceiling, "1" if wait else "0"]
 
-    def _acquire_args(self, owner: str, floor: str = "", ceiling: str = "") -> list[Any]:
-        durable = "1" if self.fence_db is not None else "0"
-        return [owner, self.ttl_ms, durable, FENCE_TTL_MS, floor, ceiling]
+    @staticmethod
+    def _reply(reply: Any) -> tuple[str, int]:
+        """Decode ``lock_acquire.lua``'s answer: ("granted", token), ("busy", pttl) or ("reserve", wanted)."""
+        if isinstance(reply, list):
+            return "reserve", int(reply[0])
+        value = int(reply)
+        return ("granted", value) if value > 0 else ("busy", -value - 1)
 
     def _check_client(self, want_async: bool) -> None:
-        if _is_async(self.client) != want_async:
+        if self._async != want_async:
             if want_async:
                 raise ConfigurationError("client", "async with / aacquire() need a redis.asyncio.Redis client")
             raise ConfigurationError("client", "with / acquire() need a redis.Redis client; use async with")
@@ -149,7 +177,7 @@ class RedisLock:
         return max(wait, 0.0)
 
     def _released(self, status: int) -> bool:
-        self.parked_waiters = status == 2
+        self.had_waiters = status == 2
         return status > 0
 
     @property
@@ -198,26 +226,25 @@ class RedisLock:
         """
         self._check_client(want_async=False)
         block, deadline = self._resolve(blocking, timeout)
-        owner = self._new_owner()
+        owner = new_owner()
         script = script_for(self.client, "lock_acquire")
-        args = self._acquire_args(owner)
+        args = self._acquire_args(owner, block)
         while True:
-            status, value = script(keys=[self.key, self.fence_key], args=args)
-            status = int(status)
-            if status == 1:
-                self._granted(owner, int(value))
+            kind, value = self._reply(script(keys=self._acquire_keys, args=args))
+            if kind == "granted":
+                self._granted(owner, value)
                 self._start_heartbeat()
                 return True
-            if status == -1:
+            if kind == "reserve":
                 assert self.fence_db is not None
-                floor, ceiling = fence_store.reserve(self.fence_db, self.name, int(value))
-                args = self._acquire_args(owner, str(floor), str(ceiling))
+                floor, ceiling = fence_store.reserve(self.fence_db, self.name, value)
+                args = self._acquire_args(owner, block, str(floor), str(ceiling))
                 continue
-            args = self._acquire_args(owner)
-            self._last_pttl = int(value)
+            args = self._acquire_args(owner, block)
+            self._last_pttl = value
             if not block:
                 return False
-            wait = self._wait_s(deadline, int(value))
+            wait = self._wait_s(deadline, value)
             if wait <= 0:
                 return False
             self._block(wait)
@@ -306,26 +333,25 @@ class RedisLock:
         """Asyncio twin of :meth:`acquire` (needs a ``redis.asyncio.Redis`` client)."""
         self._check_client(want_async=True)
         block, deadline = self._resolve(blocking, timeout)
-        owner = self._new_owner()
+        owner = new_owner()
         script = script_for(self.client, "lock_acquire")
-        args = self._acquire_args(owner)
+        args = self._acquire_args(owner, block)
         while True:
-            status, value = await script(keys=[self.key, self.fence_key], args=args)
-            status = int(status)
-            if status == 1:
-                self._granted(owner, int(value))
+            kind, value = self._reply(await script(keys=self._acquire_keys, args=args))
+            if kind == "granted":
+                self._granted(owner, value)
                 self._start_async_heartbeat()
                 return True
-            if status == -1:
+            if kind == "reserve":
                 assert self.fence_db is not None
-                floor, ceiling = await asyncio.to_thread(fence_store.reserve, self.fence_db, self.name, int(value))
-                args = self._acquire_args(owner, str(floor), str(ceiling))
+                floor, ceiling = await asyncio.to_thread(fence_store.reserve, self.fence_db, self.name, value)
+                args = self._acquire_args(owner, block, str(floor), str(ceiling))
                 continue
-            args = self._acquire_args(owner)
-            self._last_pttl = int(value)
+            args = self._acquire_args(owner, block)
+            self._last_pttl = value
             if not block:
                 return False
-            wait = self._wait_s(deadline, int(value))
+            wait = self._wait_s(deadline, value)
             if wait <= 0:
                 return False
             from redis.exceptions import TimeoutError as RedisTimeout
