@@ -56,7 +56,7 @@ class LockSpec:
         try:
             name = self.key.build(args, kwargs)
         except IdempotencyKeyError as exc:
-            raise LockError(str(self.key.source), str(exc)) from exc
+            raise LockError(task_name, str(exc)) from exc
         raw = name.encode("utf-8", "surrogatepass")
         if len(raw) > MAX_NAME_BYTES or "\x00" in name or _has_surrogate(name):
             return f"{task_name[:120]}#{hashlib.sha256(raw).hexdigest()}"
