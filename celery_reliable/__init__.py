@@ -23,7 +23,7 @@ from .errors import (
     UnknownOptionError,
 )
 from .install import install
-from .locks import PostgresAdvisoryLock, RedisLock, fenced_set, fenced_update, fenced_upsert
+from .locks import PostgresAdvisoryLock, RedisLock, Redlock, fenced_set, fenced_update, fenced_upsert
 from .maintenance import beat_schedule
 from .options import Idempotency
 from .task import ReliableTask
@@ -45,6 +45,7 @@ __all__ = [
     "PostgresAdvisoryLock",
     "QuorumUnavailable",
     "RedisLock",
+    "Redlock",
     "ReliableConfig",
     "ReliableError",
     "ReliableTask",

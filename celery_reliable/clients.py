@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _redis: dict[str, tuple[Redis, Scripts]] = {}
 _engines: dict[str, Engine] = {}
+_fail_fast: dict[str, Redis] = {}
 
 
 def redis_and_scripts(url: str) -> tuple[Redis, Scripts]:
@@ -38,6 +39,31 @@ def redis_and_scripts(url: str) -> tuple[Redis, Scripts]:
                     raise ConfigurationError("reliable_redis_url", f"cannot use {_safe(url)!r}: {exc}") from exc
                 found = (client, Scripts(client))
                 _redis[url] = found
+    return found
+
+
+def fail_fast_redis(url: str) -> Redis:
+    """Return this process's fail-fast client for ``url``, for a Redlock node.
+
+    A dead node must cost a Redlock attempt little of its validity: 0.2 s timeouts and
+    one retry without backoff (redis-py's default retries for seconds).
+    """
+    found = _fail_fast.get(url)
+    if found is None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        with _lock:
+            found = _fail_fast.get(url)
+            if found is None:
+                try:
+                    found = redis.Redis.from_url(
+                        url, socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 1)
+                    )
+                except ValueError as exc:
+                    raise ConfigurationError("reliable_redlock_urls", f"cannot use {_safe(url)!r}: {exc}") from exc
+                _fail_fast[url] = found
     return found
 
 
@@ -98,6 +124,7 @@ def reset_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
     _redis.clear()
+    _fail_fast.clear()
     for engine in _engines.values():
         engine.dispose(close=False)
     _engines.clear()
@@ -108,6 +135,9 @@ def close_all() -> None:
     for client, _ in list(_redis.values()):
         client.close()
     _redis.clear()
+    for node in list(_fail_fast.values()):
+        node.close()
+    _fail_fast.clear()
     for engine in list(_engines.values()):
         engine.dispose()
     _engines.clear()

@@ -45,6 +45,11 @@ app.conf.update(
     result_expires=3600,
     broker_connection_retry_on_startup=True,
 )
+# Redlock nodes: a test starts private redis-servers and passes their URLs; by default
+# the URLs name ports nothing listens on (only the redlock tasks would notice).
+app.conf.reliable_redlock_urls = json.loads(
+    env("TEST_REDLOCK_URLS", '["redis://127.0.0.1:9/0", "redis://127.0.0.1:9/1", "redis://127.0.0.1:9/2"]')
+)
 # A test may inject settings (JSON) to check how workers treat bad configuration.
 app.conf.update(json.loads(env("TEST_EXTRA_SETTINGS", "{}")))
 celery_reliable.install(app)
@@ -214,3 +219,9 @@ def locked_retry(self: ReliableTask, acct: str) -> str:
     if self.request.retries == 0:
         raise self.retry(countdown=0.5)
     return "done"
+
+
+@app.task(base=ReliableTask, bind=True, singleton=True, lock_backend="redlock", lock_ttl=LOCK_TTL)
+def redlock_exclusive(self: ReliableTask, n: int, hold: float = 0.2) -> dict[str, object]:
+    """A singleton on a Redlock over the nodes of TEST_REDLOCK_URLS."""
+    return _section(self, "redlock_exclusive", hold)

@@ -13,5 +13,14 @@ from .advisory import PostgresAdvisoryLock
 from .fencing import fenced_set, fenced_update, fenced_upsert
 from .names import advisory_id
 from .redis_lock import RedisLock
+from .redlock import Redlock
 
-__all__ = ["PostgresAdvisoryLock", "RedisLock", "advisory_id", "fenced_set", "fenced_update", "fenced_upsert"]
+__all__ = [
+    "PostgresAdvisoryLock",
+    "RedisLock",
+    "Redlock",
+    "advisory_id",
+    "fenced_set",
+    "fenced_update",
+    "fenced_upsert",
+]

@@ -123,14 +123,14 @@ def make_lock(rt: Runtime, spec: LockSpec, name: str) -> Any:
         fence_db = rt.engine() if rt.has_database else None
         return RedisLock(rt.redis, name, seconds, blocking=False, fence_db=fence_db, prefix=cfg.key_prefix)
     if backend == "redlock":
-        from ..clients import redis_and_scripts
+        from ..clients import fail_fast_redis
         from .redlock import Redlock
 
         if not cfg.redlock_urls:
             raise ConfigurationError(
                 "reliable_redlock_urls", "lock_backend='redlock' needs the URLs of its nodes (3 or 5 independent Redis)"
             )
-        clients = [redis_and_scripts(url)[0] for url in cfg.redlock_urls]
+        clients = [fail_fast_redis(url) for url in cfg.redlock_urls]
         return Redlock(clients, name, seconds, blocking=False, prefix=cfg.key_prefix)
     from .advisory import PostgresAdvisoryLock
 

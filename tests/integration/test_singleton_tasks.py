@@ -10,8 +10,8 @@ import pytest
 
 from celery_reliable import LockNotAcquired
 from celery_reliable.runtime import runtime
-from tests.harness import wait_until
-from tests.worker_app import app, exclusive, locked_retry, pg_exclusive, report_fail, report_skip
+from tests.harness import RedisServer, wait_until
+from tests.worker_app import app, exclusive, locked_retry, pg_exclusive, redlock_exclusive, report_fail, report_skip
 
 
 def sections(ledger, tag: str) -> list[dict[str, float]]:
@@ -90,3 +90,24 @@ def test_postgres_advisory_backend_excludes_across_workers(workers, ledger) -> N
     rows = sections(ledger, "pg_exclusive")
     assert len(rows) == 6
     assert_no_overlap(rows)
+
+
+def test_redlock_backend_excludes_across_workers_with_a_node_down(workers, ledger, tmp_path) -> None:
+    nodes = [RedisServer(tmp_path) for _ in range(3)]
+    try:
+        env = {"TEST_REDLOCK_URLS": json.dumps([n.url for n in nodes])}
+        workers("w1", env, concurrency=2)
+        workers("w2", env, concurrency=2)
+        first = [redlock_exclusive.delay(i, 0.2) for i in range(4)]
+        for r in first:
+            assert r.get(timeout=60)["lock"] == redlock_exclusive.name
+        nodes[0].stop()  # a minority down: the lock keeps working
+        second = [redlock_exclusive.delay(i, 0.2) for i in range(4, 8)]
+        for r in second:
+            assert r.get(timeout=60)["lock"] == redlock_exclusive.name
+        rows = sections(ledger, "redlock_exclusive")
+        assert len(rows) == 8
+        assert_no_overlap(rows)
+    finally:
+        for n in nodes:
+            n.stop()
