@@ -40,5 +40,10 @@ bench: $(VENV)/.installed services
 bench-quick: $(VENV)/.installed services
 	$(PY) -m bench.run --quick
 
+## Uncontended lock acquire+release pairs/s against redis-py, python-redis-lock, pottery.
+.PHONY: bench-locks
+bench-locks: $(VENV)/.installed services
+	$(PY) -m bench.locks
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

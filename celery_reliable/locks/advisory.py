@@ -18,12 +18,13 @@ the wait runs in a savepoint, so a timeout does not abort it. Give the engine TC
 keepalives (``connect_args``) so a dead network cannot stall the heartbeat thread.
 
 The fencing token is drawn in the same session right after the lock is granted, from
-one sequence for every name (``reliable_fence_seq``), moved up to the server's clock in
-microseconds first: ``setval(seq, greatest(nextval(seq), now_us))``. Tokens therefore
-strictly increase per name and never go backwards, even across restarts (sequences
-ignore rollbacks) or if the database clock steps back, and they are of the same kind as
-RedisLock's tokens (server microseconds), so a resource fenced under one lock backend
-keeps working when a task moves to the other.
+one sequence for every name (``reliable_fence_seq``), which is moved up to the server's
+clock in microseconds whenever it has fallen more than a second behind. Tokens therefore
+strictly increase per name and never go backwards, even across restarts (sequences log
+ahead and ignore rollbacks) or if the database clock steps back (the sequence is only
+ever raised), and they are of the same kind as RedisLock's tokens (server microseconds,
+trailing the clock by at most a second), so a resource fenced under one lock backend
+accepts the other's tokens, after at most a second, when a task moves between them.
 """
 
 from __future__ import annotations
@@ -64,10 +65,14 @@ _SET_TIMEOUT = text("SELECT set_config('lock_timeout', :value, false)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:key)")
 
 
-#: The next fencing token: the shared sequence, raised to the server clock in microseconds.
+#: The next fencing token: the shared sequence, moved up to the server clock (in
+#: microseconds) when it has fallen more than a second behind it. ``setval`` forces a WAL
+#: flush, so it runs at most about once a second; ``nextval`` alone is durable (it logs
+#: ahead) and cheap.
 _TOKEN_SQL = (
-    "setval(CAST(:seq AS regclass), greatest(nextval(CAST(:seq AS regclass)), "
-    "CAST(floor(extract(epoch FROM clock_timestamp()) * 1000000) AS bigint)))"
+    "(SELECT CASE WHEN t.now_us > t.n + 1000000 THEN setval(CAST(:seq AS regclass), t.now_us) ELSE t.n END "
+    "FROM (SELECT nextval(CAST(:seq AS regclass)) AS n, "
+    "CAST(floor(extract(epoch FROM clock_timestamp()) * 1000000) AS bigint) AS now_us) AS t)"
 )
 
 
