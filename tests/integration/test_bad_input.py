@@ -62,7 +62,10 @@ def test_result_json_cannot_hold_is_a_clear_failure_and_the_key_stays_usable(wor
         ({"reliable_claim_leese": 3}, "did you mean 'reliable_claim_lease'"),
         ({"reliable_pump_batch": 0}, "reliable_pump_batch"),
         ({"reliable_lock_backend": "zookeeper"}, "reliable_lock_backend: expected one of 'redis'"),
-        ({"reliable_lock_backend": "redlock"}, "reliable_redlock_urls: task tests.worker_app.exclusive"),
+        (
+            {"reliable_lock_backend": "redlock", "reliable_redlock_urls": []},
+            "reliable_redlock_urls: task tests.worker_app.exclusive",
+        ),
         ({"reliable_database_url": None}, "reliable_database_url: task tests.worker_app.pg_exclusive"),
     ],
 )
