@@ -34,6 +34,7 @@ from ..errors import ConfigurationError, LockError, LockLost, LockNotAcquired
 from ..heartbeat import Lease, heartbeat
 from ..scripts import script_for
 from . import fence_store
+from .lease_context import LeaseContext
 from .names import check_name, optional_seconds, redis_key, ttl_ms
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def _is_async(client: Any) -> bool:
     return isinstance(client, AsyncRedis)
 
 
-class RedisLock:
+class RedisLock(LeaseContext):
     """A distributed lock on one Redis node that is a lease, not a mutex.
 
     Args:
@@ -314,18 +315,6 @@ class RedisLock:
     def locked(self) -> bool:
         """Whether anyone holds the lock now (one EXISTS)."""
         return bool(self.client.exists(self.key))
-
-    def __enter__(self) -> RedisLock:
-        if not self.acquire():
-            raise LockNotAcquired(self.name, "held elsewhere", self.retry_after)
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        released = self.release()
-        if not released and exc_type is None:
-            raise LockLost(self.name, "the lease ran out before the block ended; another holder may have run")
 
     # -- asyncio ----------------------------------------------------------------------
 

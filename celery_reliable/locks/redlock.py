@@ -38,15 +38,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from types import TracebackType
 from typing import Any
 
 import redis
 from redis.exceptions import RedisError
 
-from ..errors import ConfigurationError, LockError, LockLost, LockNotAcquired, QuorumUnavailable
+from ..errors import ConfigurationError, LockError, LockLost, QuorumUnavailable
 from ..heartbeat import Lease, heartbeat
 from ..scripts import script_for
+from .lease_context import LeaseContext
 from .names import check_name, optional_seconds, redis_key, ttl_ms
 from .redis_lock import FENCE_TTL_MS
 
@@ -76,7 +76,7 @@ def _never_ran(exc: BaseException | None) -> bool:
     return False
 
 
-class Redlock:
+class Redlock(LeaseContext):
     """A lock granted by a majority of independent Redis nodes; a lease with a fencing token.
 
     Args:
@@ -360,18 +360,6 @@ class Redlock:
         """Whether a majority of the nodes hold the lock now (anyone's; one EXISTS per node)."""
         replies = [_try(c.exists, self.key) for c in self.clients]
         return sum(1 for r in replies if r == 1) >= self.quorum
-
-    def __enter__(self) -> Redlock:
-        if not self.acquire():
-            raise LockNotAcquired(self.name, "held elsewhere", self.retry_after)
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        released = self.release()
-        if not released and exc_type is None:
-            raise LockLost(self.name, "the lease ran out before the block ended; another holder may have run")
 
     def __repr__(self) -> str:
         state = f"token={self.token}" if self._owner else "not held"
