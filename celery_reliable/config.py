@@ -35,6 +35,8 @@ class ReliableConfig:
     lock_ttl_ms: int
     lock_backend: str
     redlock_urls: tuple[str, ...]
+    max_message_bytes: int | None
+    max_deliveries: int
     pump_enabled: bool
     pump_interval_ms: int
     pump_batch: int
@@ -74,7 +76,9 @@ def _check(setting: Setting, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise ConfigurationError(name, f"expected a non-empty string, got {type(value).__name__} {value!r}")
         return value
-    if kind == "int":
+    if kind == "optional_int" and value is None:
+        return None
+    if kind in ("int", "optional_int"):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigurationError(name, f"expected a positive int, got {type(value).__name__} {value!r}")
         return value
@@ -143,6 +147,8 @@ def parse(app: Celery) -> ReliableConfig:
         lock_ttl_ms=max(values["reliable_lock_ttl"], 100),
         lock_backend=values["reliable_lock_backend"],
         redlock_urls=values["reliable_redlock_urls"],
+        max_message_bytes=values["reliable_max_message_bytes"],
+        max_deliveries=values["reliable_max_deliveries"],
         pump_enabled=values["reliable_pump_enabled"],
         pump_interval_ms=max(values["reliable_pump_interval"], 10),
         pump_batch=values["reliable_pump_batch"],

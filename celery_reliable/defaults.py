@@ -15,7 +15,7 @@ class Setting:
     """One setting: the kind of value it takes, its default and what it means."""
 
     name: str
-    kind: str  # "str", "optional_str", "duration", "int", "bool", "optional_bool", "str_list", "lock_backend"
+    kind: str  # str, optional_str, duration, int, optional_int, bool, optional_bool, str_list, lock_backend
     default: Any
     doc: str
 
@@ -85,6 +85,19 @@ SETTINGS: tuple[Setting, ...] = (
         "str_list",
         (),
         "Redis URLs of the independent nodes the 'redlock' lock backend uses (3 or 5).",
+    ),
+    Setting(
+        "reliable_max_message_bytes",
+        "optional_int",
+        1_048_576,
+        "Largest serialized arguments apply_async publishes (bytes); larger calls raise MessageTooLarge. "
+        "None: no limit.",
+    ),
+    Setting(
+        "reliable_max_deliveries",
+        "int",
+        5,
+        "Deliveries after which a task whose worker died each time is dead-lettered as poison.",
     ),
     Setting("reliable_pump_enabled", "bool", True, "Run the deferred-set pump in every worker."),
     Setting("reliable_pump_interval", "duration", 0.5, "How often the pump looks for due tasks."),

@@ -16,6 +16,7 @@ Every exception derives from :class:`ReliableError`::
     │   ├── LockLost                 a held lock expired or was taken over
     │   └── QuorumUnavailable        Redlock could not reach a majority of its nodes
     ├── StaleFencingToken            a write carried an older fencing token than the resource's
+    ├── MessageTooLarge              a task's arguments exceed reliable_max_message_bytes
     ├── SerializationError           arguments that cannot be encoded as JSON
     ├── TransactionError             misuse of ``self.transaction()``
     └── BackendUnavailable           Redis or the database cannot be reached
@@ -190,6 +191,26 @@ class StaleFencingToken(ReliableError):
             "the lock was lost before this write"
         )
         super().__init__(resource, token, current)
+
+
+class MessageTooLarge(ReliableError, ValueError):
+    """A task's serialized arguments exceed ``reliable_max_message_bytes``; nothing was published.
+
+    Attributes:
+        task: the task's name.
+        size: the arguments' size in bytes, as the task's serializer encodes them.
+        limit: the setting's value.
+    """
+
+    def __init__(self, task: str, size: int, limit: int) -> None:
+        self.task = task
+        self.size = size
+        self.limit = limit
+        self.message = (
+            f"{task}: arguments of {size:,} bytes exceed reliable_max_message_bytes ({limit:,}); "
+            "pass a reference (a row id, an object-store key) instead of the data"
+        )
+        super().__init__(task, size, limit)
 
 
 class SerializationError(ReliableError, TypeError):

@@ -170,6 +170,8 @@ class ReliableTask(Task):
         from .runtime import runtime
 
         cfg = get_config(self.app)
+        if cfg.max_message_bytes is not None:
+            _check_size(self.name, args, kwargs, options.get("serializer") or self.serializer, cfg.max_message_bytes)
         task_id = task_id or celery_uuid()
         delay_ms = _delay_ms(options)
         publish_key: str | None = None
@@ -218,6 +220,18 @@ class ReliableTask(Task):
         entry = deferred.entry(dict(sig), reason="countdown")
         deferred.park(entry, delay_ms)
         return self.AsyncResult(task_id)
+
+
+def _check_size(name: str, args: Any, kwargs: Any, serializer: str, limit: int) -> None:
+    """Refuse arguments whose serialized form exceeds ``limit`` bytes, before anything is published."""
+    from kombu.serialization import dumps
+
+    from .errors import MessageTooLarge
+
+    _, _, body = dumps([list(args or ()), dict(kwargs or {})], serializer=serializer)
+    size = len(body)
+    if size > limit:
+        raise MessageTooLarge(name, size, limit)
 
 
 def _delay_ms(options: dict[str, Any]) -> int:

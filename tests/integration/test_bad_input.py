@@ -9,10 +9,10 @@ import pytest
 import redis
 from sqlalchemy.engine import Engine
 
-from celery_reliable import IdempotencyKeyError, ResultNotSerializable, SerializationError
+from celery_reliable import IdempotencyKeyError, MessageTooLarge, ResultNotSerializable, SerializationError
 from tests.conftest import REDIS, TEST_DBS, effects
 from tests.harness import WorkerProcess, wait_until
-from tests.worker_app import charge, returns_set
+from tests.worker_app import add, app, charge, returns_set
 
 broker = redis.Redis.from_url(f"{REDIS}/{TEST_DBS['broker']}")
 
@@ -33,6 +33,20 @@ def test_arguments_json_cannot_hold_fail_at_publish(clean) -> None:
     with pytest.raises(SerializationError, match="float"):
         charge.delay("o-1", float("nan"))
     assert _queued() == 0
+
+
+def test_oversized_arguments_are_refused_at_publish(clean) -> None:
+    limit = app.conf.reliable_max_message_bytes
+    with pytest.raises(MessageTooLarge, match=r"tests\.worker_app\.add: arguments of 1,200,0\d\d bytes exceed") as err:
+        add.delay("x" * 1_200_000, 1)
+    assert err.value.limit == limit == 1_048_576 and err.value.size > limit
+    with pytest.raises(MessageTooLarge):  # keyword arguments count too
+        add.apply_async(kwargs={"x": ["y" * 600_000] * 2, "y": 1})
+    with pytest.raises(MessageTooLarge):  # a keyed task is refused before anything is claimed
+        charge.delay("o-big" * 300_000, 1)
+    assert _queued() == 0
+    assert add.delay("x" * 1000, "y").id  # a normal call still goes through
+    assert _queued() == 1
 
 
 @pytest.mark.parametrize("order_id", ["ключ-🧾-订单", "x" * 5000, "nul\x00byte", "{brace}}:{tag}", " "])
