@@ -7,12 +7,14 @@ from typing import Any
 
 import click
 
+from .deadletter.cli import dead_letter_summary, dlq
+
 
 def _app(ctx: click.Context) -> Any:
     return ctx.obj.app
 
 
-@click.group(name="reliable", help="celery-reliable: migrations and status.")
+@click.group(name="reliable", help="celery-reliable: migrations, status and dead letters.")
 def reliable() -> None:
     """The ``reliable`` command group."""
 
@@ -34,7 +36,7 @@ def migrate(ctx: click.Context, revision: str) -> None:
     click.echo(f"{_safe(rt.config.database_url or '')}: at revision {current_revision(engine)}")
 
 
-@reliable.command(help="Show the deferred set and the idempotency store.")
+@reliable.command(help="Show the deferred set, the idempotency store and the dead letters.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
@@ -57,8 +59,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         if current is not None:
             with rt.engine().connect() as conn:
                 report["idempotency_records"] = conn.execute(select(func.count()).select_from(idempotency)).scalar()
+            report["dead_letters"] = dead_letter_summary(rt.engine())
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
     for name, value in report.items():
         click.echo(f"{name:22} {value}")
+
+
+reliable.add_command(dlq)

@@ -43,6 +43,8 @@ class ReliableConfig:
     pump_lease_ms: int
     cleanup_batch: int
     cleanup_interval_ms: int
+    dead_letter_retention_ms: int
+    dead_letter_batch: int
     send_events: bool
     check_redis: bool
 
@@ -155,6 +157,8 @@ def parse(app: Celery) -> ReliableConfig:
         pump_lease_ms=max(values["reliable_pump_lease"], 1000),
         cleanup_batch=values["reliable_cleanup_batch"],
         cleanup_interval_ms=max(values["reliable_cleanup_interval"], 1000),
+        dead_letter_retention_ms=values["reliable_dead_letter_retention"],
+        dead_letter_batch=values["reliable_dead_letter_batch"],
         send_events=send_events,
         check_redis=values["reliable_check_redis"],
     )

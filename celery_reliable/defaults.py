@@ -122,6 +122,18 @@ SETTINGS: tuple[Setting, ...] = (
         "How often beat runs the idempotency cleanup job.",
     ),
     Setting(
+        "reliable_dead_letter_retention",
+        "duration",
+        30 * 86400.0,
+        "How long dead letters are kept: the purge job run by beat deletes older ones (default 30 days).",
+    ),
+    Setting(
+        "reliable_dead_letter_batch",
+        "int",
+        1000,
+        "Dead letters the purge job deletes per transaction (bounded batches).",
+    ),
+    Setting(
         "reliable_send_events",
         "optional_bool",
         None,

@@ -1,9 +1,12 @@
-"""Maintenance jobs run by beat: idempotency cleanup, deferred-set pumping and sweeps."""
+"""Maintenance jobs run by beat: idempotency cleanup, deferred-set pumping and sweeps, dead-letter retention."""
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from .deadletter.store import DeadLetterStore
 from .deferred.pump import Pump
 from .idempotency import db_store
 from .runtime import runtime
@@ -13,6 +16,9 @@ if TYPE_CHECKING:
 
 CLEANUP_TASK = "celery_reliable.cleanup_idempotency"
 PUMP_TASK = "celery_reliable.pump_deferred"
+PURGE_DEAD_LETTERS_TASK = "celery_reliable.purge_dead_letters"
+
+logger = logging.getLogger(__name__)
 
 
 def cleanup_idempotency(app: Celery) -> dict[str, int]:
@@ -39,6 +45,18 @@ def pump_deferred(app: Celery, rounds: int = 10) -> dict[str, int]:
     return {"moved": moved, "swept": swept}
 
 
+def purge_dead_letters(app: Celery) -> dict[str, int]:
+    """Delete dead letters older than ``reliable_dead_letter_retention`` in bounded batches, logging how many."""
+    rt = runtime(app)
+    if not rt.has_database:
+        return {"deleted": 0}
+    cfg = rt.config
+    retention = timedelta(milliseconds=cfg.dead_letter_retention_ms)
+    deleted = DeadLetterStore(rt.engine()).purge(retention, batch=cfg.dead_letter_batch)
+    logger.info("celery-reliable: purged %d dead letter(s) older than %s", deleted, retention)
+    return {"deleted": deleted}
+
+
 def register(app: Celery) -> None:
     """Register the maintenance tasks on ``app`` (once)."""
     if CLEANUP_TASK in app.tasks:
@@ -51,6 +69,10 @@ def register(app: Celery) -> None:
     @app.task(name=PUMP_TASK, ignore_result=True)
     def _pump() -> dict[str, int]:
         return pump_deferred(app)
+
+    @app.task(name=PURGE_DEAD_LETTERS_TASK, ignore_result=True)
+    def _purge_dead_letters() -> dict[str, int]:
+        return purge_dead_letters(app)
 
 
 def beat_schedule(app: Celery) -> dict[str, dict[str, Any]]:
@@ -73,5 +95,10 @@ def beat_schedule(app: Celery) -> dict[str, dict[str, Any]]:
             "task": PUMP_TASK,
             "schedule": 5.0,
             "options": {"expires": 10},
+        },
+        "celery-reliable-purge-dead-letters": {
+            "task": PURGE_DEAD_LETTERS_TASK,
+            "schedule": 3600.0,
+            "options": {"expires": 600},
         },
     }

@@ -11,7 +11,14 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import Engine
 
 from celery_reliable.idempotency import db_store
-from celery_reliable.maintenance import CLEANUP_TASK, PUMP_TASK, beat_schedule, cleanup_idempotency, pump_deferred
+from celery_reliable.maintenance import (
+    CLEANUP_TASK,
+    PUMP_TASK,
+    PURGE_DEAD_LETTERS_TASK,
+    beat_schedule,
+    cleanup_idempotency,
+    pump_deferred,
+)
 from celery_reliable.migrate import head_revision
 from celery_reliable.runtime import runtime
 from celery_reliable.schema import idempotency
@@ -40,7 +47,7 @@ def test_migrate_and_status_commands(clean) -> None:
     report = json.loads(status.stdout)
     assert report["deferred"]["due"] == 1
     assert report["migrations"] == {"current": head_revision(), "head": head_revision()}
-    assert head_revision().startswith("0003")
+    assert head_revision().startswith("0004")
 
 
 def test_cleanup_deletes_only_expired_records(clean, engine: Engine) -> None:
@@ -60,8 +67,8 @@ def test_cleanup_deletes_only_expired_records(clean, engine: Engine) -> None:
 
 def test_beat_entries_and_pump_task(clean) -> None:
     schedule = beat_schedule(app)
-    assert {e["task"] for e in schedule.values()} == {CLEANUP_TASK, PUMP_TASK}
-    assert CLEANUP_TASK in app.tasks and PUMP_TASK in app.tasks
+    assert {e["task"] for e in schedule.values()} == {CLEANUP_TASK, PUMP_TASK, PURGE_DEAD_LETTERS_TASK}
+    assert CLEANUP_TASK in app.tasks and PUMP_TASK in app.tasks and PURGE_DEAD_LETTERS_TASK in app.tasks
     assert set(schedule) <= set(app.conf.beat_schedule)  # install() merged them
     later.apply_async(("y",), countdown=2)
     deferred = runtime(app).deferred()
