@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import ReliableConfig, get_config
+from .deadletter import DeadLetter, DeadLetterStore
 from .errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -27,6 +28,7 @@ from .install import install
 from .locks import PostgresAdvisoryLock, RedisLock, Redlock, fenced_set, fenced_update, fenced_upsert
 from .maintenance import beat_schedule
 from .options import Idempotency
+from .retry import RetryBudget, RetryPolicy, retry
 from .task import ReliableTask
 
 __version__ = "0.1.0"
@@ -34,6 +36,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailable",
     "ConfigurationError",
+    "DeadLetter",
+    "DeadLetterStore",
     "DuplicateExecution",
     "Idempotency",
     "IdempotencyError",
@@ -52,6 +56,8 @@ __all__ = [
     "ReliableError",
     "ReliableTask",
     "ResultNotSerializable",
+    "RetryBudget",
+    "RetryPolicy",
     "SerializationError",
     "StaleFencingToken",
     "TransactionError",
@@ -62,4 +68,5 @@ __all__ = [
     "fenced_upsert",
     "get_config",
     "install",
+    "retry",
 ]
