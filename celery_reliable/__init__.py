@@ -28,7 +28,7 @@ from .install import install
 from .locks import PostgresAdvisoryLock, RedisLock, Redlock, fenced_set, fenced_update, fenced_upsert
 from .maintenance import beat_schedule
 from .options import Idempotency
-from .retry import RetryBudget, RetryPolicy, retry
+from .retries import RetryBudget, RetryPolicy, retry
 from .task import ReliableTask
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 
-from celery_reliable.retry import RetryPolicy, retry
+from celery_reliable.retries import RetryPolicy, retry
 
 
 class ApiError(Exception):

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio
 
 from celery_reliable.errors import ConfigurationError
-from celery_reliable.retry import RetryBudget, RetryPolicy
+from celery_reliable.retries import RetryBudget, RetryPolicy
 
 URL = "redis://127.0.0.1:6379/7"
 ALWAYS_FAILS = ConnectionError("dependency down")

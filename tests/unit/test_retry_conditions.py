@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from celery.exceptions import NotRegistered
 
-import celery_reliable.retry as retry_pkg
+import celery_reliable.retries as retry_pkg
 from celery_reliable.errors import (
     ConfigurationError,
     IdempotencyKeyMismatch,
     KeyInProgress,
     SerializationError,
 )
-from celery_reliable.retry import (
+from celery_reliable.retries import (
     NOTHING,
     PERMANENT,
     TRANSIENT,
@@ -30,7 +30,7 @@ from celery_reliable.retry import (
     status_of,
     when,
 )
-from celery_reliable.retry.conditions import as_condition
+from celery_reliable.retries.conditions import as_condition
 
 
 class StatusError(Exception):

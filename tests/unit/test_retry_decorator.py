@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from celery_reliable.errors import ConfigurationError, UnknownOptionError
-from celery_reliable.retry import RetryPolicy, retry
+from celery_reliable.retries import RetryPolicy, retry
 
 
 class Flaky:

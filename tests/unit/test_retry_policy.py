@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from celery_reliable.errors import ConfigurationError, SerializationError
-from celery_reliable.retry import Decision, RetryPolicy, on, parse_retry_after, retry_after_of
+from celery_reliable.retries import Decision, RetryPolicy, on, parse_retry_after, retry_after_of
 
 N = 10_000
 
