@@ -17,6 +17,7 @@ Every exception derives from :class:`ReliableError`::
     │   └── QuorumUnavailable        Redlock could not reach a majority of its nodes
     ├── StaleFencingToken            a write carried an older fencing token than the resource's
     ├── MessageTooLarge              a task's arguments exceed reliable_max_message_bytes
+    ├── PoisonMessage                a task id whose worker died on every delivery (dead-lettered)
     ├── SerializationError           arguments that cannot be encoded as JSON
     ├── TransactionError             misuse of ``self.transaction()``
     └── BackendUnavailable           Redis or the database cannot be reached
@@ -211,6 +212,28 @@ class MessageTooLarge(ReliableError, ValueError):
             "pass a reference (a row id, an object-store key) instead of the data"
         )
         super().__init__(task, size, limit)
+
+
+class PoisonMessage(ReliableError):
+    """A task was delivered more than ``reliable_max_deliveries`` times, its worker dying each time.
+
+    It was dead-lettered as ``poison`` and is not run again; replay it once fixed.
+
+    Attributes:
+        task_id: the task's id.
+        deliveries: deliveries so far, this one included.
+        limit: ``reliable_max_deliveries``.
+    """
+
+    def __init__(self, task_id: str, deliveries: int, limit: int) -> None:
+        self.task_id = task_id
+        self.deliveries = deliveries
+        self.limit = limit
+        self.message = (
+            f"task {task_id} was delivered {deliveries} times and its worker died each time "
+            f"(limit reliable_max_deliveries={limit}); dead-lettered as poison, not run again"
+        )
+        super().__init__(task_id, deliveries, limit)
 
 
 class SerializationError(ReliableError, TypeError):

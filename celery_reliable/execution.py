@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
-from . import _failpoints
+from . import _failpoints, failure_guard, poison
 from .errors import IdempotencyKeyMismatch, KeyInProgress, ResultNotSerializable, SerializationError
 from .events import emit
 from .heartbeat import Lease, heartbeat
@@ -124,14 +124,46 @@ def replay(task: Task, rt: Runtime, scoped: str, fp: str, record: Record) -> Any
 
 
 def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run the task body under its guards; the worker's view of one delivery."""
+    """Run the task body under its guards; the worker's view of one delivery.
+
+    Around the guards: a redelivery is counted (a task id past ``reliable_max_deliveries``
+    is dead-lettered as poison, not run), and a failure goes to the retry policy.
+    """
+    rt = runtime(task.app)
+    deliveries = None
+    if poison.redelivered(req) and not req.is_eager:
+        deliveries = poison.count(rt.redis, rt.config.key_prefix, req.id)
+        if deliveries > rt.config.max_deliveries:
+            failure_guard.poison(task, req, args, kwargs, rt, deliveries)
+    if task.retry_budget and not req.retries:
+        _deposit(task, rt)
+    try:
+        return _run_locked(task, req, args, kwargs, rt)
+    except (Ignore, Retry):
+        raise
+    except Exception as exc:
+        failure_guard.on_failure(task, req, args, kwargs, exc, rt)  # raises Retry to retry
+        raise
+    finally:
+        if deliveries is not None:
+            poison.forget(rt.redis, rt.config.key_prefix, req.id)
+
+
+def _deposit(task: Task, rt: Runtime) -> None:
+    try:
+        failure_guard.budget_for(task, rt).record_call()
+    except Exception as exc:  # the budget is advisory; the task runs
+        logger.warning("%s: could not record the call in the retry budget: %r", task.name, exc)
+
+
+def _run_locked(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Any:
+    """Run under the task's singleton lock, if it has one."""
     lock_spec = task._reliable_lock
     if lock_spec is None:
         return _run_keyed(task, req, args, kwargs)
     from . import lock_guard
     from .locks.task_lock import current_lock
 
-    rt = runtime(task.app)
     lock = lock_guard.take(task, req, args, kwargs, rt, lock_spec)
     if lock is lock_guard.SKIPPED:
         return None

@@ -24,6 +24,8 @@ RELIABLE_OPTIONS = (
     "lock_ttl",
     "lock_backend",
     "on_locked",
+    "retry_policy",
+    "retry_budget",
 )
 
 #: Options Celery's task decorator reads that are not Task attributes.
@@ -177,3 +179,27 @@ def compile_idempotency(cls: type, own: Mapping[str, Any]) -> IdempotencySpec | 
     if ttl_ms is not None and ttl_ms < 1000:
         raise ConfigurationError("idempotency_ttl", f"must be at least one second, got {option.ttl!r}")
     return IdempotencySpec(key, namespace, ttl_ms, _bool("idempotency_on_publish", option.on_publish))
+
+
+def compile_retry(cls: type) -> None:
+    """Check the retry options of a task class (``retry_policy``, ``retry_budget``).
+
+    Raises:
+        ConfigurationError: for a wrong value, or options that clash.
+    """
+    from .retries import RetryPolicy
+
+    policy = getattr(cls, "retry_policy", None)
+    if policy is True:
+        cls.retry_policy = policy = RetryPolicy()  # type: ignore[attr-defined]
+    if policy is not None and not isinstance(policy, RetryPolicy):
+        raise ConfigurationError(
+            "retry_policy", f"expected a RetryPolicy(...) or True, got {type(policy).__name__} {policy!r}"
+        )
+    budget = getattr(cls, "retry_budget", None)
+    if budget not in (None, False, True) and not (isinstance(budget, str) and budget):
+        raise ConfigurationError("retry_budget", f"expected True or a budget name (str), got {budget!r}")
+    if budget and policy is None:
+        raise ConfigurationError("retry_budget", "has no effect without retry_policy=RetryPolicy(...)")
+    if policy is not None and getattr(cls, "autoretry_for", None):
+        raise ConfigurationError("retry_policy", "clashes with autoretry_for; the policy decides what is retried")

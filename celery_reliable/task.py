@@ -12,7 +12,7 @@ from celery.utils import uuid as celery_uuid
 
 from .jsoncodec import fingerprint
 from .locks.task_lock import LockSpec, compile_lock
-from .options import IdempotencySpec, check_unknown, compile_idempotency, task_signature
+from .options import IdempotencySpec, check_unknown, compile_idempotency, compile_retry, task_signature
 
 if TYPE_CHECKING:
     from celery.result import AsyncResult
@@ -70,6 +70,18 @@ class ReliableTask(Task):
     #: ``task-lock-skipped`` event) or ``"fail"`` (raise ``LockNotAcquired``).
     on_locked: ClassVar[str | None] = None
 
+    #: How failures are retried and when they are dead-lettered: a
+    #: :class:`~celery_reliable.RetryPolicy` (or ``True`` for the defaults: 5 attempts,
+    #: full jitter from 100 ms, capped at 30 s). Retries are parked in the deferred set with
+    #: the same task id and ``retries + 1``; permanent and exhausted failures are stored in
+    #: the dead-letter store. Unset: failures behave as in Celery.
+    retry_policy: ClassVar[Any] = None
+
+    #: Limit retries to a share of recent calls: ``True`` (a budget per task name) or a
+    #: name shared by the tasks calling one dependency. A retry the budget refuses is
+    #: dead-lettered with reason ``budget``.
+    retry_budget: ClassVar[Any] = None
+
     _reliable_spec: ClassVar[IdempotencySpec | None] = None
     _reliable_lock: ClassVar[LockSpec | None] = None
 
@@ -79,6 +91,7 @@ class ReliableTask(Task):
         if own.get("_decorated"):
             check_unknown(cls, own)
         cls._reliable_spec = compile_idempotency(cls, own)
+        compile_retry(cls)
         cls._reliable_lock = compile_lock(cls, task_signature(vars(cls).get("run") or getattr(cls, "run", None)))
 
     @classmethod
@@ -186,7 +199,7 @@ class ReliableTask(Task):
                     return self.AsyncResult(earlier)
                 publish_key = scoped
         try:
-            if delay_ms > cfg.defer_threshold_ms and delay_ms > 0:
+            if delay_ms > 0 and (delay_ms > cfg.defer_threshold_ms or options.get("retries")):  # retries always park
                 return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options)
             return publish(task_id=task_id, **options)
         except BaseException:
@@ -217,7 +230,7 @@ class ReliableTask(Task):
         sig = self.signature(args, kwargs, **{k: v for k, v in opts.items() if v is not None})
         rt = runtime(self.app)
         deferred = rt.deferred()
-        entry = deferred.entry(dict(sig), reason="countdown")
+        entry = deferred.entry(dict(sig), reason="retry" if options.get("retries") else "countdown")
         deferred.park(entry, delay_ms)
         return self.AsyncResult(task_id)
 

@@ -43,7 +43,7 @@ def clean(engine: Engine) -> Iterator[None]:
     for db in TEST_DBS.values():
         redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE effects_ledger, reliable_idempotency"))
+        conn.execute(text("TRUNCATE effects_ledger, reliable_idempotency, reliable_dead_letters"))
     from celery_reliable import clients
 
     clients.close_all()

@@ -15,7 +15,7 @@ from celery import Celery, signals
 from sqlalchemy import text
 
 import celery_reliable
-from celery_reliable import ReliableTask
+from celery_reliable import ReliableTask, RetryPolicy
 
 env = os.environ.get
 
@@ -225,3 +225,64 @@ def locked_retry(self: ReliableTask, acct: str) -> str:
 def redlock_exclusive(self: ReliableTask, n: int, hold: float = 0.2) -> dict[str, object]:
     """A singleton on a Redlock over the nodes of TEST_REDLOCK_URLS."""
     return _section(self, "redlock_exclusive", hold)
+
+
+# -- retries and dead letters ----------------------------------------------------------
+
+FAST = RetryPolicy(max_attempts=5, base=0.05, cap=0.4)
+
+
+def _attempt(self: ReliableTask, tag: str) -> None:
+    ledger().rpush(f"attempts:{tag}", json.dumps({"retries": self.request.retries, "at": time.time()}))
+
+
+@app.task(base=ReliableTask, bind=True, retry_policy=FAST)
+def dependency_down(self: ReliableTask, n: int) -> None:
+    """Fails with a retryable error every time."""
+    _attempt(self, f"down:{n}")
+    raise ConnectionError(f"dependency down (call {n})")
+
+
+@app.task(base=ReliableTask, bind=True, retry_policy=RetryPolicy(max_attempts=4, base=0.3, cap=1.0, jitter="none"))
+def backoff_schedule(self: ReliableTask, tag: str) -> None:
+    """Fails every time with an exact (unjittered) schedule: 0.3 s, 0.6 s, 1.0 s."""
+    _attempt(self, f"schedule:{tag}")
+    raise TimeoutError("still down")
+
+
+class ApiError(Exception):
+    """An HTTP error as client libraries raise them (a ``status_code`` attribute)."""
+
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+        super().__init__(status_code)
+
+
+@app.task(base=ReliableTask, bind=True, retry_policy=True)
+def unauthorized(self: ReliableTask, n: int) -> None:
+    """Fails with an error that retrying cannot fix (HTTP 401)."""
+    _attempt(self, f"401:{n}")
+    raise ApiError(401)
+
+
+@app.task(base=ReliableTask, bind=True, retry_policy=FAST)
+def fixed_later(self: ReliableTask, n: int) -> str:
+    """Fails while the ledger key ``broken`` exists, then succeeds."""
+    _attempt(self, f"fixable:{n}")
+    if ledger().exists("broken"):
+        raise ConnectionError("still broken")
+    return f"fixed {n}"
+
+
+@app.task(base=ReliableTask, bind=True)
+def kills_its_worker(self: ReliableTask, n: int) -> None:
+    """SIGKILLs its own worker process on every delivery."""
+    _attempt(self, f"poison:{n}")
+    os.kill(os.getpid(), 9)
+
+
+@app.task(base=ReliableTask, bind=True, retry_policy=FAST, retry_budget="flaky-dependency")
+def budgeted_call(self: ReliableTask, n: int) -> None:
+    """Calls a dependency that always fails, under a shared retry budget."""
+    _attempt(self, "budgeted")
+    raise ConnectionError("dependency down")
