@@ -17,9 +17,11 @@ def install_worker_step(app: Celery) -> None:
     if app.__dict__.get("_celery_reliable_step"):
         return
     from .bootstep import ReliableStep
+    from .malformed import MalformedMessages
 
     app.add_defaults({s.name: s.default for s in SETTINGS})
     app.steps["worker"].add(ReliableStep)
+    app.steps["consumer"].add(MalformedMessages)
     signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celery_reliable.lock_on_revoked")
     app.__dict__["_celery_reliable_step"] = True
 
