@@ -183,15 +183,18 @@ class ReliableTask(Task):
         from .runtime import runtime
 
         cfg = get_config(self.app)
-        if cfg.max_message_bytes is not None:
-            _check_size(self.name, args, kwargs, options.get("serializer") or self.serializer, cfg.max_message_bytes)
         task_id = task_id or celery_uuid()
         delay_ms = _delay_ms(options)
         publish_key: str | None = None
+        if spec is None and cfg.max_message_bytes is not None:
+            _check_size(self.name, args, kwargs, options.get("serializer") or self.serializer, cfg.max_message_bytes)
         if spec is not None:
             call_args, call_kwargs = tuple(args or ()), dict(kwargs or {})
             scoped = spec.scoped(self.name, call_args, call_kwargs)
             fingerprint(call_args, call_kwargs)  # arguments JSON cannot hold fail here, unpublished
+            if cfg.max_message_bytes is not None:
+                serializer = options.get("serializer") or self.serializer
+                _check_size(self.name, call_args, call_kwargs, serializer, cfg.max_message_bytes)
             if spec.on_publish:
                 ttl_ms = spec.ttl_ms or cfg.idempotency_ttl_ms
                 earlier = runtime(self.app).idempotency().publish_once(scoped, task_id, ttl_ms)
