@@ -45,6 +45,7 @@ def settle(results, timeout: float = 120) -> None:
 def test_backoff_schedule_is_really_waited(workers, ledger, engine: Engine) -> None:
     workers("w1", {}, concurrency=2)
     r = backoff_schedule.delay("a")
+    wait_until(lambda: r.state == "RETRY", 10, what="the task to show as RETRY while it waits")
     with pytest.raises(TimeoutError, match="still down"):
         r.get(timeout=30)
     rows = attempts(ledger, "schedule:a")
