@@ -14,7 +14,7 @@ time bucket (``c:<bucket>`` calls, ``r:<bucket>`` retries). A window is ten buck
 ``window / 10`` (at least 1 ms), so an entry counts for between 0.9 and 1.0 window; each
 script deletes expired buckets, so the hash never holds more than 22 fields, and the key
 expires when unused. Each operation is one Lua script on the server's clock
-(``retry_budget_call``, ``_spend``, ``_state``). Balances are kept in integer
+(``retry_budget.lua``: call, spend, state). Balances are kept in integer
 micro-retries, so ``ratio * calls`` adds up exactly.
 
 The same object works with ``redis.Redis`` (``record_call()``, ``try_spend()``,
@@ -125,14 +125,15 @@ class RetryBudget:
 
     # -- shared ---------------------------------------------------------------------
 
-    def _call(self, script: str, *args: int, want_async: bool) -> Any:
+    def _call(self, op: str, n: int, *, want_async: bool) -> Any:
         if want_async != self._async:
             use = "the a* methods with redis.asyncio.Redis" if self._async else "the plain methods with redis.Redis"
             raise ConfigurationError("client", f"{self.client!r} does not fit this method; use {use}")
-        return script_for(self.client, script)(keys=[self.key], args=[self._bucket_ms, self._buckets, *args])
+        args = [self._bucket_ms, self._buckets, op, n, self._deposit, self._reserve]
+        return script_for(self.client, "retry_budget")(keys=[self.key], args=args)
 
     def _state(self, reply: Any) -> BudgetState:
-        balance, calls, retries = (int(x) for x in reply)
+        _, balance, calls, retries = (int(x) for x in reply)
         return BudgetState(
             name=self.name,
             balance=balance / SCALE,
@@ -151,7 +152,7 @@ class RetryBudget:
         Raises:
             ConfigurationError: for a ``cost`` that is not an int of at least 1.
         """
-        self._call("retry_budget_call", count("cost", cost, 1), self._deposit, self._reserve, want_async=False)
+        self._call("call", count("cost", cost, 1), want_async=False)
 
     def try_spend(self, cost: int = 1) -> bool:
         """Withdraw ``cost`` retries if the balance holds them; ``False`` means do not retry.
@@ -159,25 +160,22 @@ class RetryBudget:
         Raises:
             ConfigurationError: for a ``cost`` that is not an int of at least 1.
         """
-        n = count("cost", cost, 1)
-        return bool(int(self._call("retry_budget_spend", n, self._deposit, self._reserve, want_async=False)[0]))
+        return bool(int(self._call("spend", count("cost", cost, 1), want_async=False)[0]))
 
     def state(self) -> BudgetState:
         """The balance, calls and retries of the current window (for observability)."""
-        return self._state(self._call("retry_budget_state", self._deposit, self._reserve, want_async=False))
+        return self._state(self._call("state", 0, want_async=False))
 
     # -- redis.asyncio.Redis --------------------------------------------------------
 
     async def arecord_call(self, cost: int = 1) -> None:
         """:meth:`record_call` for ``redis.asyncio``."""
-        await self._call("retry_budget_call", count("cost", cost, 1), self._deposit, self._reserve, want_async=True)
+        await self._call("call", count("cost", cost, 1), want_async=True)
 
     async def atry_spend(self, cost: int = 1) -> bool:
         """:meth:`try_spend` for ``redis.asyncio``."""
-        n = count("cost", cost, 1)
-        reply = await self._call("retry_budget_spend", n, self._deposit, self._reserve, want_async=True)
-        return bool(int(reply[0]))
+        return bool(int((await self._call("spend", count("cost", cost, 1), want_async=True))[0]))
 
     async def astate(self) -> BudgetState:
         """:meth:`state` for ``redis.asyncio``."""
-        return self._state(await self._call("retry_budget_state", self._deposit, self._reserve, want_async=True))
+        return self._state(await self._call("state", 0, want_async=True))
