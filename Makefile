@@ -45,5 +45,10 @@ bench-quick: $(VENV)/.installed services
 bench-locks: $(VENV)/.installed services
 	$(PY) -m bench.locks
 
+## Retries and dead letters: Redis commands per retry, retries/s, dead-letter inserts/s, RSS with 100k retries waiting.
+.PHONY: bench-retries
+bench-retries: $(VENV)/.installed services
+	$(PY) -m bench.retries
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -202,7 +202,7 @@ class ReliableTask(Task):
                     return self.AsyncResult(earlier)
                 publish_key = scoped
         try:
-            if delay_ms > 0 and (delay_ms > cfg.defer_threshold_ms or options.get("retries")):  # retries always park
+            if delay_ms > 0 and (delay_ms > cfg.defer_threshold_ms or options.get("retries")):  # any retry wait parks
                 return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options)
             return publish(task_id=task_id, **options)
         except BaseException:
