@@ -6,6 +6,7 @@ from .config import ReliableConfig, get_config
 from .deadletter import DeadLetter, DeadLetterStore
 from .errors import (
     BackendUnavailable,
+    BadLimit,
     ConfigurationError,
     DuplicateExecution,
     IdempotencyError,
@@ -29,6 +30,7 @@ from .install import install
 from .locks import PostgresAdvisoryLock, RedisLock, Redlock, fenced_set, fenced_update, fenced_upsert
 from .maintenance import beat_schedule
 from .options import Idempotency
+from .ratelimit import GCRALimiter, Limit, SlidingWindowLimiter, Tiers, TokenBucketLimiter, parse_limit
 from .retries import RetryBudget, RetryPolicy, retry
 from .task import ReliableTask
 
@@ -36,15 +38,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "BadLimit",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetterStore",
     "DuplicateExecution",
+    "GCRALimiter",
     "Idempotency",
     "IdempotencyError",
     "IdempotencyKeyError",
     "IdempotencyKeyMismatch",
     "KeyInProgress",
+    "Limit",
     "LockError",
     "LockLost",
     "LockNotAcquired",
@@ -61,7 +66,10 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "SerializationError",
+    "SlidingWindowLimiter",
     "StaleFencingToken",
+    "Tiers",
+    "TokenBucketLimiter",
     "TransactionError",
     "UnknownOptionError",
     "beat_schedule",
@@ -70,5 +78,6 @@ __all__ = [
     "fenced_upsert",
     "get_config",
     "install",
+    "parse_limit",
     "retry",
 ]

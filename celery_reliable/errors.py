@@ -4,7 +4,8 @@ Every exception derives from :class:`ReliableError`::
 
     ReliableError
     ├── ConfigurationError          a setting or task option is wrong
-    │   └── UnknownOptionError      a task option or setting name nobody knows
+    │   ├── UnknownOptionError      a task option or setting name nobody knows
+    │   └── BadLimit                a rate limit ("100/s burst 200") that cannot be read
     ├── IdempotencyError
     │   ├── IdempotencyKeyError      the key cannot be built from the call
     │   ├── IdempotencyKeyMismatch   same key, different arguments
@@ -57,6 +58,29 @@ class ConfigurationError(ReliableError, ValueError):
 
 class UnknownOptionError(ConfigurationError):
     """A ``reliable_*`` setting or a ReliableTask option that does not exist."""
+
+
+class BadLimit(ConfigurationError):
+    """A rate limit that cannot be read or holds impossible numbers.
+
+    The message shows the accepted forms.
+
+    Attributes:
+        text: what was given (a string such as ``"100/x"``, or the numbers of a ``Limit``).
+        reason: what is wrong with it.
+    """
+
+    #: The accepted forms, quoted by every message.
+    FORMS = (
+        "write '<count>/<period>', the period being s, m, h or d (second, minute, hour, day) with an optional "
+        "multiple, and optionally ' burst <n>': '100/s', '10/m', '1000/h', '5000/d', '10/5s', '100/s burst 200'"
+    )
+
+    def __init__(self, text: object, reason: str) -> None:
+        self.text = text
+        self.reason = reason
+        super().__init__("limit", f"{text!r}: {reason}; {self.FORMS}")
+        self.args = (text, reason)
 
 
 class IdempotencyError(ReliableError):

@@ -23,4 +23,12 @@ if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then ok rabbitmq; else
   for _ in $(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done
 fi
 
+# faketime: the rate-limit exactness test runs one client with its clock 30 s off.
+if ! command -v faketime >/dev/null 2>&1; then
+  echo "installing faketime"
+  apt-get install -y -q faketime >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q faketime >/dev/null 2>&1; } \
+    || echo "faketime unavailable: the clock-skew test will be skipped"
+fi
+
 pg_isready -h 127.0.0.1 -p 5432 -q && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
