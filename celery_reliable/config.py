@@ -49,20 +49,26 @@ class ReliableConfig:
     check_redis: bool
 
 
+def as_seconds(name: str, value: Any) -> float:
+    """Seconds from an int, a float or a timedelta (the one form every duration takes at the edge).
+
+    Raises:
+        ConfigurationError: for a value of another type (bool included), naming ``name``.
+    """
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigurationError(name, f"expected seconds (int or float) or a timedelta, got {value!r}")
+
+
 def duration_ms(name: str, value: Any) -> int:
     """Normalise a duration (seconds or timedelta) to whole milliseconds.
 
     Raises:
         ConfigurationError: for a negative value or a value of another type.
     """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigurationError(
-            name, f"expected seconds (int or float) or a timedelta, got {type(value).__name__} {value!r}"
-        )
+    seconds = as_seconds(name, value)
     if seconds < 0 or seconds != seconds:
         raise ConfigurationError(name, f"must be a non-negative duration, got {value!r}")
     return round(seconds * 1000)

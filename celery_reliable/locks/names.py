@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import timedelta
 
+from ..config import as_seconds
 from ..errors import ConfigurationError
 
 #: Longest lock name accepted, in UTF-8 bytes.
@@ -54,12 +54,7 @@ def ttl_ms(value: object, option: str = "ttl") -> int:
         ConfigurationError: for a wrong type, a non-positive or non-finite value, below
             one millisecond, or above one day.
     """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigurationError(option, f"expected seconds (int or float) or a timedelta, got {value!r}")
+    seconds = as_seconds(option, value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(option, f"must be a positive number of seconds, got {value!r}")
     ms = round(seconds * 1000)
@@ -78,12 +73,7 @@ def optional_seconds(value: object, option: str) -> float | None:
     """
     if value is None:
         return None
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigurationError(option, f"expected seconds, a timedelta or None, got {value!r}")
+    seconds = as_seconds(option, value)
     if not math.isfinite(seconds) or seconds < 0:
         raise ConfigurationError(option, f"must be zero or more seconds, got {value!r}")
     return seconds

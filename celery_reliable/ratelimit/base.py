@@ -11,9 +11,9 @@ import hashlib
 import inspect
 import math
 from collections.abc import Coroutine
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from ..config import as_seconds
 from ..errors import ConfigurationError
 from ..scripts import script_for
 from .decision import Decision
@@ -77,12 +77,7 @@ def period_us(option: str, value: object) -> int:
         ConfigurationError: for a wrong type, a non-finite value, below one microsecond or
             above one year.
     """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigurationError(option, f"expected seconds (int or float) or a timedelta, got {value!r}")
+    seconds = as_seconds(option, value)
     us = round(seconds * 1_000_000) if math.isfinite(seconds) else 0
     if not 1 <= us <= MAX_PERIOD_US:
         raise ConfigurationError(option, f"must be between one microsecond and one year, got {value!r}")

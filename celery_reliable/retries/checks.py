@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 
+from ..config import as_seconds
 from ..errors import ConfigurationError
 
 
@@ -15,12 +15,7 @@ def seconds_ms(name: str, value: object) -> int:
         ConfigurationError: for a wrong type, a non-positive or non-finite value, or one
             below a millisecond.
     """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigurationError(name, f"expected seconds (int or float) or a timedelta, got {value!r}")
+    seconds = as_seconds(name, value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(name, f"must be a positive, finite number of seconds, got {value!r}")
     ms = round(seconds * 1000)
