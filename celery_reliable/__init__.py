@@ -30,6 +30,7 @@ from .install import install
 from .locks import PostgresAdvisoryLock, RedisLock, Redlock, fenced_set, fenced_update, fenced_upsert
 from .maintenance import beat_schedule
 from .options import Idempotency
+from .rate_option import RateLimit
 from .ratelimit import GCRALimiter, Limit, SlidingWindowLimiter, Tiers, TokenBucketLimiter, parse_limit
 from .retries import RetryBudget, RetryPolicy, retry
 from .task import ReliableTask
@@ -57,6 +58,7 @@ __all__ = [
     "PoisonMessage",
     "PostgresAdvisoryLock",
     "QuorumUnavailable",
+    "RateLimit",
     "RedisLock",
     "Redlock",
     "ReliableConfig",

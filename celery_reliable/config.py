@@ -18,6 +18,10 @@ _CACHE_ATTR = "_celery_reliable_config"
 
 #: The lock backends a singleton task can use.
 LOCK_BACKENDS = ("redis", "redlock", "postgres")
+#: What a rate-limited task does when Redis cannot be reached.
+ON_REDIS_ERROR = ("defer", "allow")
+#: Setting kinds that take one of a few strings.
+CHOICES = {"lock_backend": LOCK_BACKENDS, "rate_limit_on_redis_error": ON_REDIS_ERROR}
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class ReliableConfig:
     defer_threshold_ms: int
     lock_ttl_ms: int
     lock_backend: str
+    rate_limit_on_redis_error: str
     redlock_urls: tuple[str, ...]
     max_message_bytes: int | None
     max_deliveries: int
@@ -103,9 +108,9 @@ def _check(setting: Setting, value: Any) -> Any:
             if not isinstance(item, str) or not item:
                 raise ConfigurationError(name, f"expected non-empty strings, got {item!r}")
         return tuple(value)
-    if kind == "lock_backend":
-        if value not in LOCK_BACKENDS:
-            raise ConfigurationError(name, f"expected one of {', '.join(map(repr, LOCK_BACKENDS))}, got {value!r}")
+    if kind in CHOICES:
+        if value not in CHOICES[kind]:
+            raise ConfigurationError(name, f"expected one of {', '.join(map(repr, CHOICES[kind]))}, got {value!r}")
         return value
     raise AssertionError(kind)  # pragma: no cover
 
@@ -154,6 +159,7 @@ def parse(app: Celery) -> ReliableConfig:
         defer_threshold_ms=values["reliable_defer_threshold"],
         lock_ttl_ms=max(values["reliable_lock_ttl"], 100),
         lock_backend=values["reliable_lock_backend"],
+        rate_limit_on_redis_error=values["reliable_rate_limit_on_redis_error"],
         redlock_urls=values["reliable_redlock_urls"],
         max_message_bytes=values["reliable_max_message_bytes"],
         max_deliveries=values["reliable_max_deliveries"],

@@ -15,7 +15,7 @@ class Setting:
     """One setting: the kind of value it takes, its default and what it means."""
 
     name: str
-    kind: str  # str, optional_str, duration, int, optional_int, bool, optional_bool, str_list, lock_backend
+    kind: str  # str, optional_str, duration, int, optional_int, bool, optional_bool, str_list, or a CHOICES name
     default: Any
     doc: str
 
@@ -99,6 +99,13 @@ SETTINGS: tuple[Setting, ...] = (
         5,
         "Deliveries after which a task whose worker died each time is dead-lettered as poison.",
     ),
+    Setting(
+        "reliable_rate_limit_on_redis_error",
+        "rate_limit_on_redis_error",
+        "defer",
+        "What a rate-limited task does when Redis cannot be reached: 'defer' (fail closed: sent back "
+        "through the broker with a countdown of 2-4 s, or left unacknowledged) or 'allow' (fail open: runs).",
+    ),
     Setting("reliable_pump_enabled", "bool", True, "Run the deferred-set pump in every worker."),
     Setting("reliable_pump_interval", "duration", 0.5, "How often the pump looks for due tasks."),
     Setting("reliable_pump_batch", "int", 200, "Most tasks the pump moves in one step."),
@@ -137,7 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
         "reliable_send_events",
         "optional_bool",
         None,
-        "Send task-deduplicated, task-deferred, task-lock-skipped and task-lock-lost events. "
+        "Send task-deduplicated, task-deferred, task-rate-limited, task-lock-skipped, task-lock-lost "
+        "and task-dead-lettered events. "
         "Unset: follow worker_send_task_events (celery worker -E).",
     ),
     Setting(

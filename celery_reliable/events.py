@@ -11,7 +11,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celery_reliable")
 
 #: The event types we send.
-EVENT_TYPES = ("task-dead-lettered", "task-deduplicated", "task-deferred", "task-lock-lost", "task-lock-skipped")
+EVENT_TYPES = (
+    "task-dead-lettered",
+    "task-deduplicated",
+    "task-deferred",
+    "task-lock-lost",
+    "task-lock-skipped",
+    "task-rate-limited",
+)
 
 
 def emit(task: Task, type_: str, enabled: bool, **fields: Any) -> None:

@@ -1,8 +1,10 @@
 """One guarded execution of a ReliableTask in a worker.
 
-The order of the guards (DESIGN.md §4), for this release: idempotency lookup and claim
-(one Redis round trip), the body with its claim renewed by the heartbeat, then
-completion (one Redis round trip, plus the database write when one is configured).
+The order of the guards (DESIGN.md §4), for this release: the delivery count (poison
+cap); for a rate-limited task, the lookup of a completed key then the rate-limit slot;
+the singleton lock; the idempotency claim (one Redis round trip); the body with its
+claim and lock renewed by the heartbeat; then completion (one Redis round trip, plus the
+database write when one is configured). Any "not now" parks the task in the deferred set.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Reject, Retry
 
-from . import _failpoints, failure_guard, poison
+from . import _failpoints, failure_guard, poison, rate_guard
 from .errors import IdempotencyKeyMismatch, KeyInProgress, ResultNotSerializable, SerializationError
 from .events import emit
 from .heartbeat import Lease, heartbeat
@@ -90,21 +92,33 @@ def defer(
     delay_ms: int,
     reason: str,
     wake: Any = None,
+    event: str = "task-deferred",
+    jitter: bool = True,
+    **fields: Any,
 ) -> NoReturn:
     """Park this delivery in the deferred set and end it without running (no retry spent).
 
     ``wake``: a busy lock whose release should bring this delivery back before its due time.
+    ``event``: the Celery event that says so (with ``reason``, ``delay_ms`` and ``fields``).
+    ``jitter``: add ``reliable_defer_jitter`` (not for a rate-limit slot, which is exact).
+    A rate-limit slot this attempt already holds travels with it, so it is not taken twice.
     """
     sig = task.signature_from_request(req, args, kwargs)
+    slot = getattr(req, "rate_limit_slot", None)
+    if slot is not None:
+        from .rate_guard import SLOT_HEADER
+
+        sig.options["headers"] = {**(sig.options.get("headers") or {}), SLOT_HEADER: slot}
     entry = rt.deferred().entry(dict(sig), reason)
-    delay_ms += rt.jitter_ms()
+    if jitter:
+        delay_ms += rt.jitter_ms()
     waiters_key = getattr(wake, "waiters_key", None)
     if waiters_key is not None:  # a RedisLock: its release wakes the longest-waiting parked task
         rt.deferred().park_waiting(entry, delay_ms, wake.key)
         rt.redis.set(waiters_key, "1", px=delay_ms + 5000)
     else:
         rt.deferred().park(entry, delay_ms)
-    emit(task, "task-deferred", rt.config.send_events, reason=reason, delay_ms=delay_ms)
+    emit(task, event, rt.config.send_events, reason=reason, delay_ms=delay_ms, **fields)
     raise Ignore()
 
 
@@ -135,11 +149,16 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
         deliveries = poison.count(rt.redis, rt.config.key_prefix, req.id)
         if deliveries > rt.config.max_deliveries:
             failure_guard.poison(task, req, args, kwargs, rt, deliveries)
-    if task.retry_budget and not req.retries:
-        _deposit(task, rt)
     try:
+        if task._reliable_rate is not None and not req.is_eager:
+            done = _stored_result(task, args, kwargs, rt)
+            if done is not None:  # a completed key answers at once, without taking a rate-limit slot
+                return done[0]
+            rate_guard.admit(task, req, args, kwargs, rt)  # raises Ignore when parked until its slot
+        if task.retry_budget and not req.retries:
+            _deposit(task, rt)
         return _run_locked(task, req, args, kwargs, rt)
-    except (Ignore, Retry):
+    except (Ignore, Reject, Retry):
         raise
     except Exception as exc:
         failure_guard.on_failure(task, req, args, kwargs, exc, rt)  # raises Retry to retry
@@ -147,6 +166,22 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
     finally:
         if deliveries is not None:
             poison.forget(rt.redis, rt.config.key_prefix, req.id)
+
+
+def _stored_result(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> tuple[Any] | None:
+    """The stored result of a keyed task whose key completed (from Redis), as a 1-tuple."""
+    spec = task._reliable_spec
+    if spec is None:
+        return None
+    scoped = spec.scoped(task.name, args, kwargs)
+    try:
+        record = rt.idempotency().done(scoped)
+    except Exception:  # the claim decides later; the lookup only spares a slot
+        return None
+    if record is None:
+        return None
+    task.request.idempotency_key = scoped
+    return (replay(task, rt, scoped, fingerprint(args, kwargs), record),)
 
 
 def _deposit(task: Task, rt: Runtime) -> None:

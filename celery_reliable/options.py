@@ -26,6 +26,11 @@ RELIABLE_OPTIONS = (
     "on_locked",
     "retry_policy",
     "retry_budget",
+    "global_rate_limit",
+    "rate_limit_key",
+    "rate_limit_tier",
+    "rate_limit_cost",
+    "rate_limit_on_publish",
 )
 
 #: Options Celery's task decorator reads that are not Task attributes.

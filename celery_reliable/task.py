@@ -13,6 +13,7 @@ from celery.utils import uuid as celery_uuid
 from .jsoncodec import fingerprint
 from .locks.task_lock import LockSpec, compile_lock
 from .options import IdempotencySpec, check_unknown, compile_idempotency, compile_retry, task_signature
+from .rate_option import RateSpec, compile_rate_limit
 
 if TYPE_CHECKING:
     from celery.result import AsyncResult
@@ -82,8 +83,31 @@ class ReliableTask(Task):
     #: dead-lettered with reason ``budget``.
     retry_budget: ClassVar[Any] = None
 
+    #: A limit shared by every worker: ``"20/s"``, ``"100/m burst 10"``, a dict of tiers
+    #: (``{"free": "10/m", "pro": "1000/m"}``) or :class:`~celery_reliable.RateLimit`.
+    #: Each call takes a slot of a meter in Redis; a call whose slot is later is parked
+    #: until then (no worker slot held, no retry spent, event ``task-rate-limited``).
+    #: Written without a burst, the limit is smooth: evenly spaced, never more than the
+    #: count in any period. Celery's own ``rate_limit`` is per worker.
+    global_rate_limit: ClassVar[Any] = None
+
+    #: The meter of each call, as a template over the arguments (``"tenant:{tenant_id}"``)
+    #: or a callable; default the task's name. Tasks with the same key share one meter.
+    rate_limit_key: ClassVar[Any] = None
+
+    #: With tiers: the tier of each call, as a template (``"{plan}"``) or a callable.
+    rate_limit_tier: ClassVar[Any] = None
+
+    #: How many requests one call counts for: an int or a callable over the arguments.
+    rate_limit_cost: ClassVar[Any] = None
+
+    #: Take the slot at ``apply_async`` and park the task until it, so workers only
+    #: receive what they may run.
+    rate_limit_on_publish: ClassVar[bool] = False
+
     _reliable_spec: ClassVar[IdempotencySpec | None] = None
     _reliable_lock: ClassVar[LockSpec | None] = None
+    _reliable_rate: ClassVar[RateSpec | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -92,7 +116,9 @@ class ReliableTask(Task):
             check_unknown(cls, own)
         cls._reliable_spec = compile_idempotency(cls, own)
         compile_retry(cls)
-        cls._reliable_lock = compile_lock(cls, task_signature(vars(cls).get("run") or getattr(cls, "run", None)))
+        sig = task_signature(vars(cls).get("run") or getattr(cls, "run", None))
+        cls._reliable_lock = compile_lock(cls, sig)
+        cls._reliable_rate = compile_rate_limit(cls, own, sig)
 
     @classmethod
     def bind(cls, app: Any) -> Any:
@@ -171,7 +197,8 @@ class ReliableTask(Task):
         call fails here with nothing published; with ``idempotency_on_publish`` a key
         already published returns the original ``AsyncResult``; a ``countdown`` or
         ``eta`` beyond ``reliable_defer_threshold`` goes to the deferred set instead of
-        an ETA message that workers would hold in memory.
+        an ETA message that workers would hold in memory; with ``rate_limit_on_publish``
+        the call takes its rate-limit slot now and is parked until it.
         """
         spec = self._reliable_spec
         publish = partial(
@@ -202,8 +229,15 @@ class ReliableTask(Task):
                     return self.AsyncResult(earlier)
                 publish_key = scoped
         try:
+            reason = "retry" if options.get("retries") else "countdown"
+            if self._reliable_rate is not None and self._reliable_rate.on_publish and delay_ms <= 0:
+                from .rate_guard import shape
+
+                delay_ms, reason = shape(self, args, kwargs, options, runtime(self.app)), "rate-limited"
+                if delay_ms > 0:
+                    return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options, reason)
             if delay_ms > 0 and (delay_ms > cfg.defer_threshold_ms or options.get("retries")):  # any retry wait parks
-                return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options)
+                return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options, reason)
             return publish(task_id=task_id, **options)
         except BaseException:
             if publish_key is not None:
@@ -220,6 +254,7 @@ class ReliableTask(Task):
         shadow: str | None,
         delay_ms: int,
         options: dict[str, Any],
+        reason: str,
     ) -> AsyncResult:
         from .runtime import runtime
 
@@ -233,7 +268,7 @@ class ReliableTask(Task):
         sig = self.signature(args, kwargs, **{k: v for k, v in opts.items() if v is not None})
         rt = runtime(self.app)
         deferred = rt.deferred()
-        entry = deferred.entry(dict(sig), reason="retry" if options.get("retries") else "countdown")
+        entry = deferred.entry(dict(sig), reason=reason)
         deferred.park(entry, delay_ms)
         return self.AsyncResult(task_id)
 

@@ -82,6 +82,12 @@ class RedisIdempotency:
             return ClaimResult("busy", busy_ms=max(int(reply[1]), 0))
         return ClaimResult("claimed", warm=bool(epoch))
 
+    def done(self, scoped: str) -> Record | None:
+        """The cached record of a completed key, if Redis holds one (one GET)."""
+        done, _, _ = self.keys(scoped)
+        raw = self.client.get(done)
+        return None if raw is None else Record.from_json(raw)
+
     def complete(self, scoped: str, owner: str, record: Record, ttl_ms: int) -> bool:
         """Cache ``record`` and drop our claim; returns whether the claim was still ours."""
         done, claim, _ = self.keys(scoped)
