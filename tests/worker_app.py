@@ -50,6 +50,8 @@ app.conf.update(
 app.conf.reliable_redlock_urls = json.loads(
     env("TEST_REDLOCK_URLS", '["redis://127.0.0.1:9/0", "redis://127.0.0.1:9/1", "redis://127.0.0.1:9/2"]')
 )
+if env("TEST_BROKER_TRANSPORT"):  # e.g. celery_reliable.redis_transport:Transport
+    app.conf.broker_transport = env("TEST_BROKER_TRANSPORT")
 # A test may inject settings (JSON) to check how workers treat bad configuration.
 app.conf.update(json.loads(env("TEST_EXTRA_SETTINGS", "{}")))
 celery_reliable.install(app)
@@ -286,3 +288,53 @@ def budgeted_call(self: ReliableTask, n: int) -> None:
     """Calls a dependency that always fails, under a shared retry budget."""
     _attempt(self, "budgeted")
     raise ConnectionError("dependency down")
+
+
+def _mark_start(self: ReliableTask, ledger_list: str, **extra: object) -> None:
+    """Append this body's start (ledger server time, µs) and its rate-limit slot to ``ledger_list``."""
+    seconds, micros = ledger().time()
+    slot = getattr(self.request, "rate_limit_slot", None) or {}
+    row = {"task_id": self.request.id, "retries": self.request.retries, "start_us": seconds * 1_000_000 + micros}
+    row.update(slot_us=slot.get("at_us"), pid=os.getpid(), **extra)
+    ledger().rpush(ledger_list, json.dumps(row))
+
+
+@app.task(base=ReliableTask, bind=True, global_rate_limit=env("TEST_RATE_LIMIT", "20/s"))
+def limited(self: ReliableTask, i: int) -> int:
+    """Runs at most ``TEST_RATE_LIMIT`` (20/s) cluster-wide; records when it started."""
+    _mark_start(self, "limited", i=i)
+    return i
+
+
+@app.task(base=ReliableTask, bind=True)
+def unlimited(self: ReliableTask, i: int) -> int:
+    """No limit: shares the queue and the workers with ``limited``."""
+    _mark_start(self, "unlimited", i=i)
+    return i
+
+
+@app.task(base=ReliableTask, bind=True, global_rate_limit="5/s", rate_limit_key="tenant:{tenant}")
+def tenant_call(self: ReliableTask, tenant: str, i: int) -> int:
+    """5/s per tenant."""
+    _mark_start(self, f"tenant:{tenant}", i=i)
+    return i
+
+
+@app.task(base=ReliableTask, bind=True, global_rate_limit="10/s", rate_limit_on_publish=True)
+def shaped(self: ReliableTask, i: int) -> int:
+    """10/s, shaped at publish time: parked by apply_async until its slot."""
+    _mark_start(self, "shaped", i=i)
+    return i
+
+
+@app.task(
+    base=ReliableTask,
+    bind=True,
+    idempotency_key="paid:{order_id}",
+    global_rate_limit="2/s",
+    rate_limit_key="payments",
+)
+def limited_payment(self: ReliableTask, order_id: str) -> str:
+    """Keyed and rate-limited: a duplicate of a completed key takes no slot."""
+    _mark_start(self, "payments", order_id=order_id)
+    return f"paid {order_id}"

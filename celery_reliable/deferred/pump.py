@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from celery import signature
@@ -62,10 +63,15 @@ def publish_entry(app: Celery, raw: bytes, producer: object = None) -> None:
 class Pump:
     """Moves due entries to their queues, sweeps stale leases, re-warms Redis.
 
+    After a step that left nothing due, the pump sleeps until the earliest parked entry
+    is due (as the step's script measured it on the Redis server's clock), at most
+    ``interval``. It sleeps blocked on the deferred set's wake list, so an entry parked
+    due sooner, or :meth:`stop`, wakes it at once.
+
     Args:
         app: the Celery app whose producer pool publishes.
         deferred: the deferred set.
-        interval: seconds between looks when nothing is due.
+        interval: longest sleep, in seconds, when nothing is due sooner.
         batch: most entries moved per step.
         lease_ms: how long a taken entry may stay in flight.
         on_maintenance: called every few seconds (Redis warm-up and the like).
@@ -88,11 +94,15 @@ class Pump:
         self.on_maintenance = on_maintenance
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._own_key = deferred.own_wake_key(uuid.uuid4().hex)
         self.moved = 0
+        #: Milliseconds until the next parked entry is due, as of the last step (``None``: none parked).
+        self.next_due_ms: int | None = None
 
     def step(self) -> int:
         """Move one batch of due entries; returns how many were published."""
         entries = self.deferred.take(self.batch, self.lease_ms)
+        self.next_due_ms = getattr(entries, "next_due_ms", None)
         if not entries:
             return 0
         sent: list[bytes] = []
@@ -112,6 +122,18 @@ class Pump:
         self.moved += len(sent)
         return len(sent)
 
+    def pause(self, moved: int) -> float:
+        """Seconds to sleep after a step that published ``moved``: until the next entry is due, at most ``interval``.
+
+        More entries due at once mean no sleep, unless the step published none of its batch
+        (the broker is failing): then the pump waits its interval as it would when idle.
+        """
+        if self.next_due_ms is None or (self.next_due_ms == 0 and not moved):
+            return self.interval
+        if self.next_due_ms == 0:
+            return 0.0
+        return min(self.interval, (self.next_due_ms + 1) / 1000.0)  # +1 ms: never wake a hair too early
+
     def run(self) -> None:
         """Loop until :meth:`stop`; survives Redis and broker outages."""
         next_maintenance = 0.0
@@ -125,11 +147,22 @@ class Pump:
                         self.deferred.sweep()
                         if callable(self.on_maintenance):
                             self.on_maintenance()
+                pause = self.pause(moved)
             except Exception as exc:
                 logger.warning("deferred-set pump step failed: %r", exc)
-                moved = 0
-            if moved < self.batch:
-                self._stop.wait(self.interval)
+                self.next_due_ms = None
+                pause = self.interval
+            self._sleep(pause)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, woken early by a wake token or :meth:`stop`."""
+        if seconds <= 0 or self._stop.is_set():
+            return
+        try:
+            self.deferred.wait_for_wake(seconds, self._own_key)
+        except Exception as exc:  # Redis is down: sleep here; the next step reports it
+            logger.debug("pump could not wait on Redis: %r", exc)
+            self._stop.wait(seconds)
 
     def start(self) -> None:
         """Run the loop in a daemon thread."""
@@ -137,7 +170,11 @@ class Pump:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop and wait for it."""
+        """Stop the loop (waking it if it sleeps) and wait for it."""
         self._stop.set()
+        try:
+            self.deferred.wake_own(self._own_key)
+        except Exception as exc:  # Redis is down: the loop is not blocked on it either
+            logger.debug("pump could not be woken through Redis: %r", exc)
         if self._thread is not None:
             self._thread.join(timeout)
