@@ -50,5 +50,10 @@ bench-locks: $(VENV)/.installed services
 bench-retries: $(VENV)/.installed services
 	$(PY) -m bench.retries
 
+## Rate-limit decisions/s and Redis work per decision against the `limits` library.
+.PHONY: bench-ratelimits
+bench-ratelimits: $(VENV)/.installed services
+	$(PY) -m bench.ratelimits
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -5,11 +5,15 @@
 -- ARGV[1]  window in microseconds
 -- ARGV[2]  limit (requests per window)
 -- ARGV[3]  cost (requests this call counts for, 1 to limit)
--- Returns {1 allowed | 0 denied, requests left, microseconds until both counts have
--- expired, microseconds until this request would be admitted (0 when allowed), the server
--- time in microseconds}.
+-- Returns one status reply, five integers separated by spaces (one line for the client to
+-- read, not an array of five): 1 allowed | 0 denied, requests left, microseconds until both
+-- counts have expired, microseconds until this request would be admitted (0 when allowed),
+-- the server time in microseconds.
 -- Never more than `limit` in one fixed window; in a sliding window, exact when requests are
 -- spread evenly, at most 2 * limit in the worst case.
+local function reply(allowed, remaining, reset_us, retry_us, now_us)
+  return redis.status_reply(string.format('%d %d %d %d %d', allowed, remaining, reset_us, retry_us, now_us))
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window, limit, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -41,10 +45,10 @@ if estimate + cost > limit then
   elseif previous > 0 then
     reset = start + window - now
   end
-  return {0, math.max(0, math.floor(limit - estimate)), math.ceil(reset), math.max(1, math.ceil(retry)), now}
+  return reply(0, math.max(0, math.floor(limit - estimate)), math.ceil(reset), math.max(1, math.ceil(retry)), now)
 end
 current = current + cost
 reset = start + 2 * window - now
 redis.call('HSET', KEYS[1], 'w', string.format('%d', index), 'c', current, 'p', previous)
 redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1)
-return {1, math.floor(limit - estimate - cost), reset, 0, now}
+return reply(1, math.floor(limit - estimate - cost), reset, 0, now)

@@ -1,8 +1,14 @@
 """What every limiter shares: keys, checks, one script call per decision, sync or asyncio.
 
 A limiter is an algorithm (the arguments of its script, the meaning of ``limit``) over a
-tiny backend: one atomic Lua script per decision, registered once per client by
-:func:`~celery_reliable.scripts.script_for`. The algorithms import no driver.
+tiny backend: one atomic Lua script per decision, bound to the client once, when the
+limiter is built (:class:`~celery_reliable.scripts.ScriptCall`: ``EVALSHA``, loading the
+script on ``NOSCRIPT``). The algorithms import no driver.
+
+The per-call path is kept short, because a decision is one round trip and the client's
+own work is a large part of it: the Redis key of each ``key`` string is built and checked
+once and then served from a small cache, the arguments of a ``cost=1`` call are built once,
+and the scripts answer with one status line rather than an array of five integers.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..config import as_seconds
 from ..errors import ConfigurationError
-from ..scripts import script_for
+from ..scripts import ScriptCall
 from .decision import Decision
 
 if TYPE_CHECKING:
@@ -38,6 +44,9 @@ class UnknownClient:
 MAX_KEY_BYTES = 1024
 #: Longest window or period accepted (one year), in microseconds.
 MAX_PERIOD_US = 365 * 86_400 * 1_000_000
+#: Redis keys a limiter remembers (built and checked once per ``key`` string); the cache is
+#: emptied when full, so a limiter over many keys costs at most this many entries.
+KEY_CACHE_SIZE = 4096
 
 
 def check_text(option: str, value: object) -> str:
@@ -120,14 +129,35 @@ class RateLimiter(Generic[C]):
         self.prefix = check_text("prefix", prefix)
         self.limit = limit
         self._async = inspect.iscoroutinefunction(getattr(client, "execute_command", None))
+        self._script = ScriptCall(client, self.script)
+        self._argv1 = tuple(self._args(1))
+        self._keys: dict[str, str] = {}
 
     def _args(self, cost: int) -> list[int | str]:
         """The script's ARGV for a request of ``cost``."""
         raise NotImplementedError
 
     def key(self, key: str) -> str:
-        """The Redis key holding the state of ``key``."""
-        return limiter_key(self.prefix, self.name, check_text("key", key))
+        """The Redis key holding the state of ``key``.
+
+        Raises:
+            ConfigurationError: for a key that is not a non-empty str without NUL, of at
+                most :data:`MAX_KEY_BYTES` UTF-8 bytes.
+        """
+        keys = self._keys
+        found = keys.get(key) if key.__class__ is str else None
+        if found is None:
+            found = limiter_key(self.prefix, self.name, check_text("key", key))
+            if len(keys) >= KEY_CACHE_SIZE:
+                keys.clear()  # atomic under the GIL, unlike evicting one entry while others insert
+            keys[key] = found
+        return found
+
+    def _check_cost(self, cost: object) -> None:
+        if check_count("cost", cost) > self.limit:
+            raise ConfigurationError(
+                "cost", f"{cost} exceeds this limiter's limit of {self.limit}: such a request could never be allowed"
+            )
 
     @overload
     def is_allowed(self: RateLimiter[UnknownClient], key: str, cost: int = 1) -> Any: ...
@@ -153,12 +183,12 @@ class RateLimiter(Generic[C]):
             ConfigurationError: at once, for a bad key or a ``cost`` that is not an int
                 between 1 and ``limit`` (a request that could never be admitted).
         """
-        redis_key = self.key(key)
-        if check_count("cost", cost) > self.limit:
-            raise ConfigurationError(
-                "cost", f"{cost} exceeds this limiter's limit of {self.limit}: such a request could never be allowed"
-            )
-        reply = script_for(self.client, self.script)(keys=[redis_key], args=self._args(cost))
+        redis_key = self._keys.get(key) if key.__class__ is str else None
+        if redis_key is None:
+            redis_key = self.key(key)
+        if cost.__class__ is not int or not 0 < cost <= self.limit:
+            self._check_cost(cost)
+        reply = self._script(1, redis_key, *(self._argv1 if cost == 1 else self._args(cost)))
         if self._async:
             return self._decide_later(reply)
         return Decision.from_reply(reply, self.limit)

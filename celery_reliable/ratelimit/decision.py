@@ -33,17 +33,23 @@ class Decision:
         return self.allowed
 
     @classmethod
-    def from_reply(cls, reply: list[int], limit: int) -> Decision:
+    def from_reply(cls, reply: list[int] | bytes | str, limit: int) -> Decision:
         """Build a decision from a ``ratelimit_*.lua`` reply.
 
         Args:
-            reply: ``[allowed, remaining, reset_after_us, retry_after_us, now_us]``.
+            reply: ``allowed remaining reset_after_us retry_after_us now_us``, five integers
+                in one status line, as the scripts send them (bytes, or str from a client
+                with ``decode_responses=True``), or the same five as a list of ints.
             limit: the limiter's ``limit``.
 
         Returns:
             The decision, with microseconds turned into seconds.
         """
-        allowed, remaining, reset_us, retry_us, now_us = reply  # integer replies arrive as ints
+        if isinstance(reply, (bytes, str)):
+            # One status line is cheaper for redis-py to read than an array of five integers.
+            allowed, remaining, reset_us, retry_us, now_us = map(int, reply.split())
+        else:
+            allowed, remaining, reset_us, retry_us, now_us = reply
         if not 0 <= remaining <= limit:
             remaining = max(0, min(limit, remaining))
         ok = allowed == 1
