@@ -17,6 +17,9 @@ Every exception derives from :class:`ReliableError`::
     │   ├── LockLost                 a held lock expired or was taken over
     │   └── QuorumUnavailable        Redlock could not reach a majority of its nodes
     ├── StaleFencingToken            a write carried an older fencing token than the resource's
+    ├── CircuitOpen                  a circuit breaker refused the call (retry_after says when to try)
+    ├── BulkheadFull                 every slot of a bulkhead is leased (retry_after says when to look again)
+    ├── QueueFull                    a queue holds max_queue_depth messages or more; nothing was published
     ├── MessageTooLarge              a task's arguments exceed reliable_max_message_bytes
     ├── PoisonMessage                a task id whose worker died on every delivery (dead-lettered)
     ├── SerializationError           arguments that cannot be encoded as JSON
@@ -216,6 +219,68 @@ class StaleFencingToken(ReliableError):
             "the lock was lost before this write"
         )
         super().__init__(resource, token, current)
+
+
+class CircuitOpen(ReliableError):
+    """A circuit breaker refused the call: it is OPEN, or HALF_OPEN with every probe out.
+
+    The call was not made. Nothing is wrong with the call itself; try again later.
+
+    Attributes:
+        name: the breaker's name.
+        retry_after: seconds until the breaker may admit a call (for an OPEN breaker, until
+            it lets probes through).
+    """
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self.message = f"circuit breaker {name!r} is open; try again in {retry_after:.1f}s"
+        super().__init__(name, retry_after)
+
+
+class BulkheadFull(ReliableError):
+    """Every slot of a bulkhead is leased; the work was not started.
+
+    Nothing is wrong with the work itself; try again later (a ReliableTask defers it
+    without holding a worker slot or spending a retry).
+
+    Attributes:
+        name: the bulkhead's name.
+        size: its size (the most holders at once).
+        retry_after: seconds until a slot is likely free.
+    """
+
+    def __init__(self, name: str, size: int, retry_after: float) -> None:
+        self.name = name
+        self.size = size
+        self.retry_after = retry_after
+        self.message = f"bulkhead {name!r} is full ({size} of {size} slots in use); try again in {retry_after:.2f}s"
+        super().__init__(name, size, retry_after)
+
+
+class QueueFull(ReliableError):
+    """A queue already holds ``max_depth`` messages or more; the task was not published.
+
+    Load shedding at the door: the workers are behind, and adding to the backlog would
+    only make every message in it later.
+
+    Attributes:
+        queue: the queue's name.
+        depth: messages waiting in it (a reading at most the depth cache's age old).
+        max_depth: the task's ``max_queue_depth``.
+    """
+
+    def __init__(self, queue: str, depth: int, max_depth: int) -> None:
+        self.queue = queue
+        self.depth = depth
+        self.max_depth = max_depth
+        self.message = (
+            f"queue {queue!r} holds {depth:,} messages, at or above max_queue_depth={max_depth:,}; "
+            "nothing was published: retry later with backoff, return 503 / Retry-After to your caller, "
+            "or add workers to this queue"
+        )
+        super().__init__(queue, depth, max_depth)
 
 
 class MessageTooLarge(ReliableError, ValueError):

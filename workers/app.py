@@ -1,6 +1,7 @@
 """The reference worker's Celery app, configured from the environment.
 
-Run one worker per tier (see ``workers/README.md``)::
+Run one worker per tier (see ``workers/README.md``; ``python -m workers <tier>`` builds
+this command line from the environment)::
 
     celery -A workers.app worker -Q critical -n critical@%h
     celery -A workers.app worker -Q standard -n standard@%h
@@ -29,11 +30,11 @@ from kombu import Queue
 
 import celery_reliable
 
-env = os.environ.get
+# The tiers, most important first. A tier's workers only consume its queue, so a flood
+# of optional work never takes a process from a charge (see workers/tiers.py).
+from .tiers import TIERS
 
-#: The tiers, most important first. A tier's workers only consume its queue, so a
-#: flood of optional work never takes a process from a charge.
-TIERS = ("critical", "standard", "optional")
+env = os.environ.get
 
 
 def database_url(url: str) -> str:
