@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from .breaker import CircuitBreaker, circuit_breaker
+from .bulkhead import Bulkhead
 from .config import ReliableConfig, get_config
 from .deadletter import DeadLetter, DeadLetterStore
 from .errors import (
     BackendUnavailable,
     BadLimit,
+    BulkheadFull,
+    CircuitOpen,
     ConfigurationError,
     DuplicateExecution,
     IdempotencyError,
@@ -18,6 +22,7 @@ from .errors import (
     LockNotAcquired,
     MessageTooLarge,
     PoisonMessage,
+    QueueFull,
     QuorumUnavailable,
     ReliableError,
     ResultNotSerializable,
@@ -40,6 +45,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailable",
     "BadLimit",
+    "Bulkhead",
+    "BulkheadFull",
+    "CircuitBreaker",
+    "CircuitOpen",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetterStore",
@@ -57,6 +66,7 @@ __all__ = [
     "MessageTooLarge",
     "PoisonMessage",
     "PostgresAdvisoryLock",
+    "QueueFull",
     "QuorumUnavailable",
     "RateLimit",
     "RedisLock",
@@ -75,6 +85,7 @@ __all__ = [
     "TransactionError",
     "UnknownOptionError",
     "beat_schedule",
+    "circuit_breaker",
     "fenced_set",
     "fenced_update",
     "fenced_upsert",

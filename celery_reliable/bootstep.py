@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from .bulkhead_guard import check_tiers_known
 from .checks import check_redis
 from .config import get_config, override_config
 from .deferred.pump import Pump
@@ -30,6 +31,7 @@ class ReliableStep(bootsteps.StartStopStep):
             # Set before the pool forks, so every child sees it.
             self.config = override_config(worker.app, send_events=True)
         check_backends(worker.app.tasks, self.config)
+        check_tiers_known(worker.app.tasks, self.config)
         self.pump: Pump | None = None
         super().__init__(worker, **kwargs)
 

@@ -39,6 +39,11 @@ class ReliableConfig:
     lock_ttl_ms: int
     lock_backend: str
     rate_limit_on_redis_error: str
+    bulkheads: dict[str, int]
+    bulkhead_lease_ms: int
+    queue_depth_cache_ms: int
+    circuit_breakers: dict[str, dict[str, Any]]
+    breaker_fallback_ttl_ms: int
     redlock_urls: tuple[str, ...]
     max_message_bytes: int | None
     max_deliveries: int
@@ -108,11 +113,40 @@ def _check(setting: Setting, value: Any) -> Any:
             if not isinstance(item, str) or not item:
                 raise ConfigurationError(name, f"expected non-empty strings, got {item!r}")
         return tuple(value)
+    if kind == "bulkhead_tiers":
+        from .bulkhead.tiers import check_tiers
+
+        return check_tiers(value, name)
+    if kind == "breaker_options":
+        return _breaker_options(name, value)
     if kind in CHOICES:
         if value not in CHOICES[kind]:
             raise ConfigurationError(name, f"expected one of {', '.join(map(repr, CHOICES[kind]))}, got {value!r}")
         return value
     raise AssertionError(kind)  # pragma: no cover
+
+
+def _breaker_options(name: str, value: Any) -> dict[str, dict[str, Any]]:
+    """Check a mapping of breaker names to CircuitBreaker keyword arguments."""
+    if not isinstance(value, dict):
+        raise ConfigurationError(name, f"expected a dict of breaker names to option dicts, got {value!r}")
+    from .breaker.breaker import CircuitBreaker
+
+    checked: dict[str, dict[str, Any]] = {}
+    for breaker, options in value.items():
+        if not isinstance(options, dict):
+            raise ConfigurationError(name, f"options of breaker {breaker!r} must be a dict, got {options!r}")
+        for option in ("client", "url", "prefix", "clock"):
+            if option in options:
+                raise ConfigurationError(name, f"breaker {breaker!r}: {option} comes from the app's settings")
+        try:
+            CircuitBreaker(breaker, url="redis://checked-only", **options)
+        except ConfigurationError as exc:
+            raise ConfigurationError(name, f"breaker {breaker!r}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigurationError(name, f"breaker {breaker!r}: {exc}") from None
+        checked[breaker] = dict(options)
+    return checked
 
 
 def check_unknown(names: Any) -> None:
@@ -160,6 +194,11 @@ def parse(app: Celery) -> ReliableConfig:
         lock_ttl_ms=max(values["reliable_lock_ttl"], 100),
         lock_backend=values["reliable_lock_backend"],
         rate_limit_on_redis_error=values["reliable_rate_limit_on_redis_error"],
+        bulkheads=values["reliable_bulkheads"],
+        bulkhead_lease_ms=max(values["reliable_bulkhead_lease"], 100),
+        queue_depth_cache_ms=values["reliable_queue_depth_cache"],
+        circuit_breakers=values["reliable_circuit_breakers"],
+        breaker_fallback_ttl_ms=max(values["reliable_breaker_fallback_ttl"], 300_000),
         redlock_urls=values["reliable_redlock_urls"],
         max_message_bytes=values["reliable_max_message_bytes"],
         max_deliveries=values["reliable_max_deliveries"],

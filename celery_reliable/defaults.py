@@ -106,8 +106,41 @@ SETTINGS: tuple[Setting, ...] = (
         "What a rate-limited task does when Redis cannot be reached: 'defer' (fail closed: sent back "
         "through the broker with a countdown of 2-4 s, or left unacknowledged) or 'allow' (fail open: runs).",
     ),
+    Setting(
+        "reliable_bulkheads",
+        "bulkhead_tiers",
+        {"critical": 50, "standard": 20, "optional": 10},
+        "Bulkhead tiers: name to the most tasks of the tier running at once, cluster-wide "
+        "(a task opts in with bulkhead='critical'). Also the worker pools of workers/.",
+    ),
+    Setting(
+        "reliable_bulkhead_lease",
+        "duration",
+        30.0,
+        "Lease of a bulkhead slot, renewed while the body runs; a dead worker's slot comes back after it.",
+    ),
+    Setting(
+        "reliable_queue_depth_cache",
+        "duration",
+        1.0,
+        "How long apply_async reuses a queue-depth reading for max_queue_depth (per process and queue).",
+    ),
+    Setting(
+        "reliable_circuit_breakers",
+        "breaker_options",
+        {},
+        "Options of named circuit breakers (circuit_breaker='stripe'): name to CircuitBreaker keyword "
+        "arguments, such as {'stripe': {'failure_threshold': 5, 'recovery_timeout': 30}}. A name not "
+        "listed gets the defaults (50% failures over 10 calls, 30 s open, one probe).",
+    ),
+    Setting(
+        "reliable_breaker_fallback_ttl",
+        "duration",
+        300.0,
+        "How long a task's last good result is kept for circuit_breaker_fallback='last_result'.",
+    ),
     Setting("reliable_pump_enabled", "bool", True, "Run the deferred-set pump in every worker."),
-    Setting("reliable_pump_interval", "duration", 0.5, "How often the pump looks for due tasks."),
+    Setting("reliable_pump_interval", "duration", 0.5, "Longest the pump sleeps when nothing is due sooner."),
     Setting("reliable_pump_batch", "int", 200, "Most tasks the pump moves in one step."),
     Setting(
         "reliable_pump_lease",

@@ -12,6 +12,9 @@ logger = logging.getLogger("celery_reliable")
 
 #: The event types we send.
 EVENT_TYPES = (
+    "reliable-circuit-changed",
+    "task-bulkhead-full",
+    "task-circuit-open",
     "task-dead-lettered",
     "task-deduplicated",
     "task-deferred",

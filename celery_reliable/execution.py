@@ -1,8 +1,8 @@
 """One guarded execution of a ReliableTask in a worker.
 
-The order of the guards (DESIGN.md §4), for this release: the delivery count (poison
-cap); for a rate-limited task, the lookup of a completed key then the rate-limit slot;
-the singleton lock; the idempotency claim (one Redis round trip); the body with its
+The order of the guards (DESIGN.md §4): the delivery count (poison cap); for a
+rate-limited task, the lookup of a completed key then the rate-limit meter; the circuit
+breaker; the bulkhead slot; the singleton lock; the idempotency claim (one Redis round trip); the body with its
 claim and lock renewed by the heartbeat; then completion (one Redis round trip, plus the
 database write when one is configured). Any "not now" parks the task in the deferred set.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import _failpoints, failure_guard, poison, rate_guard
+from . import _failpoints, breaker_guard, bulkhead_guard, failure_guard, poison, rate_guard
 from .errors import IdempotencyKeyMismatch, KeyInProgress, ResultNotSerializable, SerializationError
 from .events import emit
 from .heartbeat import Lease, heartbeat
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from celery import Task
     from celery.app.task import Context
     from sqlalchemy.orm import Session
+
+    from .breaker.state import Permit
 
 logger = logging.getLogger("celery_reliable")
 
@@ -155,9 +158,7 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
             if done is not None:  # a completed key answers at once, without taking a rate-limit slot
                 return done[0]
             rate_guard.admit(task, req, args, kwargs, rt)  # raises Ignore when parked until its slot
-        if task.retry_budget and not req.retries:
-            _deposit(task, rt)
-        return _run_locked(task, req, args, kwargs, rt)
+        return _run_admitted(task, req, args, kwargs, rt)
     except (Ignore, Reject, Retry):
         raise
     except Exception as exc:
@@ -166,6 +167,41 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
     finally:
         if deliveries is not None:
             poison.forget(rt.redis, rt.config.key_prefix, req.id)
+
+
+def _run_admitted(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Any:
+    """Run under the circuit breaker and in a bulkhead slot, if the task has them.
+
+    The breaker's permit is asked first and the attempt's outcome recorded after; the
+    bulkhead slot is held for the lock, the claim and the body, and given back after.
+    """
+    permit: Permit | None = None
+    if task._reliable_breaker is not None:
+        asked = breaker_guard.admit(task, req, args, kwargs, rt)  # parks the task while open
+        if isinstance(asked, breaker_guard.Answer):
+            return asked.value
+        permit = asked
+    started = time.monotonic()
+    try:
+        held = bulkhead_guard.take(task, req, args, kwargs, rt)  # parks or rejects the task when full
+        if isinstance(held, breaker_guard.Answer):
+            if permit is not None:
+                breaker_guard.done(task, rt, permit, started, Ignore(), None)
+                permit = None
+            return held.value
+        try:
+            if task.retry_budget and not req.retries:
+                _deposit(task, rt)
+            result = _run_locked(task, req, args, kwargs, rt)
+        finally:
+            bulkhead_guard.give_back(held)
+    except BaseException as exc:
+        if permit is not None:
+            breaker_guard.done(task, rt, permit, started, exc, None)
+        raise
+    if permit is not None:
+        breaker_guard.done(task, rt, permit, started, None, result)
+    return result
 
 
 def _stored_result(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> tuple[Any] | None:

@@ -27,9 +27,7 @@ logger = logging.getLogger("celery_reliable")
 SKIPPED = object()
 
 
-def take(
-    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, spec: LockSpec
-) -> Any:
+def take(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, spec: LockSpec) -> Any:
     """Acquire the task's lock without waiting, or act on ``on_locked``.
 
     Returns:
@@ -104,9 +102,7 @@ def release_after_kill(task: Task, args: Any, kwargs: Any, why: str) -> None:
     except Exception as exc:
         logger.warning("%s: cannot name the lock of a killed execution: %r", task.name, exc)
         return
-    threading.Thread(
-        target=_release_when_gone, args=(rt, lock, why), name="reliable-lock-reaper", daemon=True
-    ).start()
+    threading.Thread(target=_release_when_gone, args=(rt, lock, why), name="reliable-lock-reaper", daemon=True).start()
 
 
 def _release_when_gone(rt: Runtime, lock: Any, why: str) -> None:

@@ -31,6 +31,11 @@ RELIABLE_OPTIONS = (
     "rate_limit_tier",
     "rate_limit_cost",
     "rate_limit_on_publish",
+    "circuit_breaker",
+    "circuit_breaker_fallback",
+    "bulkhead",
+    "bulkhead_on_full",
+    "max_queue_depth",
 )
 
 #: Options Celery's task decorator reads that are not Task attributes.
@@ -46,6 +51,15 @@ CELERY_DECORATOR_OPTIONS = frozenset(
         "pydantic_strict",
         "pydantic_context",
         "pydantic_dump_kwargs",
+        # publishing attributes Celery reads from the task class (extract_exec_options)
+        "queue",
+        "exchange",
+        "exchange_type",
+        "routing_key",
+        "delivery_mode",
+        "compression",
+        "immediate",
+        "mandatory",
     }
 )
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from celery import Task
 from celery.utils import uuid as celery_uuid
 
+from .breaker_guard import BreakerSpec, compile_breaker
+from .bulkhead_guard import BulkheadSpec, compile_bulkhead
 from .jsoncodec import fingerprint
 from .locks.task_lock import LockSpec, compile_lock
 from .options import IdempotencySpec, check_unknown, compile_idempotency, compile_retry, task_signature
@@ -105,9 +107,37 @@ class ReliableTask(Task):
     #: receive what they may run.
     rate_limit_on_publish: ClassVar[bool] = False
 
+    #: A circuit breaker shared by every worker: a name (options in
+    #: ``reliable_circuit_breakers``; defaults: 50% failures over 10 calls, 30 s open) or a
+    #: :class:`~celery_reliable.CircuitBreaker`. While it is open, attempts are parked
+    #: until it lets probes through (no worker slot held, no retry spent, event
+    #: ``task-circuit-open``); retries happen inside it.
+    circuit_breaker: ClassVar[Any] = None
+
+    #: What an attempt answers while the breaker is open instead of waiting: a callable
+    #: taking the task's arguments, or ``"last_result"`` (the last good result of the same
+    #: arguments, kept ``reliable_breaker_fallback_ttl``, at least 5 minutes).
+    circuit_breaker_fallback: ClassVar[Any] = None
+
+    #: A cluster-wide cap on running bodies: a tier of ``reliable_bulkheads``
+    #: (``"critical"``, ``"standard"``, ``"optional"``) or a
+    #: :class:`~celery_reliable.Bulkhead`. Slots are leases renewed while the body runs.
+    bulkhead: ClassVar[Any] = None
+
+    #: When the bulkhead is full: ``"defer"`` (default: parked until a slot is likely
+    #: free, no retry spent), ``"reject"`` (dead-lettered as ``bulkhead_full``) or a
+    #: fallback callable taking the task's arguments, whose answer is the result.
+    bulkhead_on_full: ClassVar[Any] = None
+
+    #: Load shedding: ``apply_async`` raises :class:`~celery_reliable.QueueFull` when the
+    #: task's queue already holds this many messages.
+    max_queue_depth: ClassVar[int | None] = None
+
     _reliable_spec: ClassVar[IdempotencySpec | None] = None
     _reliable_lock: ClassVar[LockSpec | None] = None
     _reliable_rate: ClassVar[RateSpec | None] = None
+    _reliable_breaker: ClassVar[BreakerSpec | None] = None
+    _reliable_bulkhead: ClassVar[BulkheadSpec | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -119,6 +149,8 @@ class ReliableTask(Task):
         sig = task_signature(vars(cls).get("run") or getattr(cls, "run", None))
         cls._reliable_lock = compile_lock(cls, sig)
         cls._reliable_rate = compile_rate_limit(cls, own, sig)
+        cls._reliable_breaker = compile_breaker(cls)
+        cls._reliable_bulkhead = compile_bulkhead(cls)
 
     @classmethod
     def bind(cls, app: Any) -> Any:
@@ -198,7 +230,8 @@ class ReliableTask(Task):
         already published returns the original ``AsyncResult``; a ``countdown`` or
         ``eta`` beyond ``reliable_defer_threshold`` goes to the deferred set instead of
         an ETA message that workers would hold in memory; with ``rate_limit_on_publish``
-        the call takes its rate-limit slot now and is parked until it.
+        the call takes its rate-limit slot now and is parked until it; with
+        ``max_queue_depth`` a call to a queue that full raises ``QueueFull``.
         """
         spec = self._reliable_spec
         publish = partial(
@@ -210,6 +243,12 @@ class ReliableTask(Task):
         from .runtime import runtime
 
         cfg = get_config(self.app)
+        if self._reliable_bulkhead is not None and not options.get("retries"):
+            from .bulkhead_guard import check_depth
+            from .deferred.pump import republishing
+
+            if not republishing.get():  # a parked task coming back was accepted already
+                check_depth(self, options, runtime(self.app))
         task_id = task_id or celery_uuid()
         delay_ms = _delay_ms(options)
         publish_key: str | None = None

@@ -52,6 +52,11 @@ app.conf.reliable_redlock_urls = json.loads(
 )
 if env("TEST_BROKER_TRANSPORT"):  # e.g. celery_reliable.redis_transport:Transport
     app.conf.broker_transport = env("TEST_BROKER_TRANSPORT")
+# Bulkhead tiers and breakers of the tasks below (small, so tests fill them quickly).
+app.conf.reliable_bulkheads = {"narrow": 2, "standard": 20}
+app.conf.reliable_bulkhead_lease = float(env("TEST_BULKHEAD_LEASE", "30"))
+app.conf.reliable_queue_depth_cache = 0
+app.conf.reliable_circuit_breakers = {"ledger-dep": {"failure_threshold": 3, "recovery_timeout": 1.5}}
 # A test may inject settings (JSON) to check how workers treat bad configuration.
 app.conf.update(json.loads(env("TEST_EXTRA_SETTINGS", "{}")))
 celery_reliable.install(app)
@@ -338,3 +343,54 @@ def limited_payment(self: ReliableTask, order_id: str) -> str:
     """Keyed and rate-limited: a duplicate of a completed key takes no slot."""
     _mark_start(self, "payments", order_id=order_id)
     return f"paid {order_id}"
+
+
+@app.task(base=ReliableTask, bind=True, bulkhead="narrow")
+def narrow(self: ReliableTask, i: int, hold: float = 0.3) -> int:
+    """At most 2 bodies at once cluster-wide; records how many ran together."""
+    now = ledger().incr("narrow:running")
+    ledger().rpush("narrow:seen", now)
+    try:
+        time.sleep(hold)
+    finally:
+        ledger().decr("narrow:running")
+    _mark_start(self, "narrow", i=i)
+    return i
+
+
+@app.task(base=ReliableTask, bind=True, bulkhead="narrow", bulkhead_on_full="reject")
+def narrow_or_reject(self: ReliableTask, i: int, hold: float = 1.0) -> int:
+    """Dead-lettered when both slots of the narrow tier are taken."""
+    _mark_start(self, "narrow-reject", i=i)
+    time.sleep(hold)
+    return i
+
+
+@app.task(base=ReliableTask, bind=True, max_queue_depth=5)
+def shed(self: ReliableTask, i: int) -> int:
+    """Refused at apply_async when the queue it is sent to holds 5 messages."""
+    return i
+
+
+@app.task(base=ReliableTask, bind=True, circuit_breaker="ledger-dep", retry_policy=FAST)
+def call_dependency(self: ReliableTask, i: int) -> int:
+    """Calls a dependency (the ledger list ``dep:calls``) that fails while ``dep:down`` exists."""
+    down = ledger().exists("dep:down")
+    ledger().rpush("dep:calls", json.dumps({"i": i, "down": bool(down), "retries": self.request.retries}))
+    if down:
+        raise ConnectionError("dependency down")
+    _mark_start(self, "dep:ok", i=i)
+    return i
+
+
+@app.task(
+    base=ReliableTask,
+    bind=True,
+    circuit_breaker="rates",
+    circuit_breaker_fallback="last_result",
+)
+def exchange_rate(self: ReliableTask, currency: str) -> dict[str, object]:
+    """Answers the last good rate while the ``rates`` breaker is open."""
+    if ledger().exists("rates:down"):
+        raise ConnectionError("rates service down")
+    return {"currency": currency, "rate": float(ledger().incr(f"rates:{currency}"))}

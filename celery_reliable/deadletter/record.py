@@ -16,7 +16,8 @@ from ..errors import ReliableError
 #: ``exhausted``: its retries ran out; ``permanent``: it raised an error marked permanent;
 #: ``poison``: its worker died on every delivery; ``undeserializable``: its message body could
 #: not be decoded; ``unknown_task``: no worker knows its name; ``bad_arguments``: its
-#: arguments do not fit the task's signature; ``budget``: its retry budget was spent.
+#: arguments do not fit the task's signature; ``budget``: its retry budget was spent;
+#: ``bulkhead_full``: its bulkhead was full and the task chose ``bulkhead_on_full="reject"``.
 REASONS: tuple[str, ...] = (
     "exhausted",
     "permanent",
@@ -25,6 +26,7 @@ REASONS: tuple[str, ...] = (
     "unknown_task",
     "bad_arguments",
     "budget",
+    "bulkhead_full",
 )
 
 #: The key of the wrapper that stands for a value JSON could not hold: ``{UNSERIALIZABLE: repr}``.

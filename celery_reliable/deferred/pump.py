@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import uuid
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from celery import signature
@@ -37,6 +38,10 @@ if hasattr(os, "register_at_fork"):
         after_in_child=_reinit_guard,
     )
 
+#: True while the pump publishes a parked task again: work already accepted, which
+#: ``max_queue_depth`` does not refuse.
+republishing: ContextVar[bool] = ContextVar("celery_reliable_republishing", default=False)
+
 #: Seconds between sweeps of expired in-flight leases (and the Redis warmth check).
 MAINTENANCE_EVERY = 5.0
 
@@ -54,10 +59,14 @@ def publish_entry(app: Celery, raw: bytes, producer: object = None) -> None:
     if not isinstance(name, str):
         raise ValueError("deferred entry names no task")
     options = dict(sig.get("options") or {})
-    if name in app.tasks:
-        signature(sig, app=app).apply_async(producer=producer)
-    else:  # published by another app with tasks we do not import: send by name
-        app.send_task(name, sig.get("args") or (), sig.get("kwargs") or {}, producer=producer, **options)
+    token = republishing.set(True)
+    try:
+        if name in app.tasks:
+            signature(sig, app=app).apply_async(producer=producer)
+        else:  # published by another app with tasks we do not import: send by name
+            app.send_task(name, sig.get("args") or (), sig.get("kwargs") or {}, producer=producer, **options)
+    finally:
+        republishing.reset(token)
 
 
 class Pump:

@@ -1,0 +1,174 @@
+"""The ``circuit_breaker`` option of ReliableTask: checked at declaration, applied in the worker.
+
+Each attempt asks the breaker first (one script). While it is OPEN the task is parked in
+the deferred set until the breaker lets probes through (no worker slot held, no retry
+spent, event ``task-circuit-open``), or, with ``circuit_breaker_fallback``, it returns
+the fallback's answer instead. An admitted attempt's outcome is recorded when the body
+ends: failures are classified by the breaker's rules (by default every error except the
+caller's own, such as ``TypeError`` or HTTP 401). Retries happen inside the breaker:
+each retry is a new attempt that asks again, so nothing is attempted while it is open.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import Ignore, Reject, Retry
+
+from .breaker.breaker import CircuitBreaker
+from .errors import CircuitOpen, ConfigurationError
+from .events import emit
+from .jsoncodec import dumps, fingerprint, loads
+
+if TYPE_CHECKING:
+    from celery import Task
+    from celery.app.task import Context
+
+    from .breaker.options import Outcome
+    from .breaker.state import Permit, StateChange
+    from .runtime import Runtime
+
+logger = logging.getLogger("celery_reliable")
+
+#: The circuit-breaker options of ReliableTask.
+BREAKER_OPTIONS = ("circuit_breaker", "circuit_breaker_fallback")
+#: The fallback that answers with the last good result of the same call.
+LAST_RESULT = "last_result"
+
+
+@dataclass(frozen=True)
+class BreakerSpec:
+    """A task's breaker option, checked: a breaker name (from settings) or an object."""
+
+    name: str
+    breaker: CircuitBreaker | None  # None: built from reliable_circuit_breakers per app
+    fallback: str | Callable[..., Any] | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a fallback answered instead of running the body."""
+
+    value: Any
+
+
+def compile_breaker(cls: type) -> BreakerSpec | None:
+    """Build the breaker spec of a task class from its options.
+
+    Raises:
+        ConfigurationError: for a wrong value, or a fallback without a breaker.
+    """
+    value = getattr(cls, "circuit_breaker", None)
+    fallback = getattr(cls, "circuit_breaker_fallback", None)
+    if value is None:
+        if fallback is not None:
+            raise ConfigurationError("circuit_breaker_fallback", "has no effect without circuit_breaker=...")
+        return None
+    if fallback is not None and fallback != LAST_RESULT and not callable(fallback):
+        raise ConfigurationError(
+            "circuit_breaker_fallback",
+            f"expected {LAST_RESULT!r} or a callable taking the task's arguments, got {fallback!r}",
+        )
+    if isinstance(value, CircuitBreaker):
+        return BreakerSpec(value.name, value, fallback)
+    if isinstance(value, str) and value:
+        from .ratelimit.base import check_text
+
+        return BreakerSpec(check_text("circuit_breaker", value), None, fallback)
+    got = f"{type(value).__name__} {value!r}"
+    raise ConfigurationError("circuit_breaker", f"expected a breaker name (str) or a CircuitBreaker(...), got {got}")
+
+
+def breaker_for(spec: BreakerSpec, rt: Runtime) -> CircuitBreaker:
+    """The breaker of a spec: the object given, or the app's breaker of that name."""
+    if spec.breaker is not None:
+        return spec.breaker
+    cache: dict[str, CircuitBreaker] = rt.__dict__.setdefault("_breakers", {})
+    found = cache.get(spec.name)
+    if found is None:
+        cfg = rt.config
+        options = cfg.circuit_breakers.get(spec.name, {})
+        found = cache[spec.name] = CircuitBreaker(spec.name, url=cfg.redis_url, prefix=cfg.key_prefix, **options)
+    return found
+
+
+def admit(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Permit | Answer:
+    """Ask the task's breaker; returns the permit, or the fallback's answer; parks the task while open.
+
+    Raises:
+        Ignore: the task was parked until the breaker lets probes through.
+    """
+    spec: BreakerSpec = task._reliable_breaker
+    breaker = breaker_for(spec, rt)
+    permit = breaker.allow()
+    _announce(task, rt, permit.change)
+    if permit:
+        return permit
+    fields: dict[str, Any] = {
+        "breaker": spec.name,
+        "state": permit.state.value,
+        "retry_after": round(permit.retry_after, 3),
+    }
+    if spec.fallback is not None:
+        value = _fallback(task, spec, args, kwargs, rt, permit.retry_after)
+        emit(task, "task-circuit-open", rt.config.send_events, reason="fallback", **fields)
+        return Answer(value)
+    if req.is_eager:
+        raise CircuitOpen(spec.name, permit.retry_after)
+    from .execution import defer
+
+    delay_ms = max(round(permit.retry_after * 1000), 50)
+    defer(task, req, args, kwargs, rt, delay_ms, reason="circuit-open", event="task-circuit-open", **fields)
+
+
+def done(task: Task, rt: Runtime, permit: Permit, started: float, exc: BaseException | None, result: Any) -> None:
+    """Record how an admitted attempt ended; keep a good result for the ``last_result`` fallback."""
+    spec: BreakerSpec = task._reliable_breaker
+    breaker = breaker_for(spec, rt)
+    # Parked by a later guard, or Celery's control flow: the dependency was not asked.
+    ignored = isinstance(exc, (Ignore, Reject, Retry))
+    outcome: Outcome = "ignored" if ignored else breaker.options.outcome_of(exc)
+    _announce(task, rt, breaker.record(permit, outcome, time.monotonic() - started))
+    if exc is None and spec.fallback == LAST_RESULT:
+        _keep(task, rt, result)
+
+
+def _last_key(task: Task, rt: Runtime, args: Any, kwargs: Any) -> str:
+    return f"{rt.config.key_prefix}:cb-last:{{{task.name}}}:{fingerprint(tuple(args), dict(kwargs))}"
+
+
+def _keep(task: Task, rt: Runtime, result: Any) -> None:
+    req = task.request
+    try:
+        rt.redis.set(
+            _last_key(task, rt, req.args or (), req.kwargs or {}),
+            dumps(result, where=f"result of {task.name}"),
+            px=rt.config.breaker_fallback_ttl_ms,
+        )
+    except Exception as exc:  # the fallback is a convenience; the task succeeded
+        logger.warning("%s: could not keep the last good result for the breaker fallback: %r", task.name, exc)
+
+
+def _fallback(
+    task: Task, spec: BreakerSpec, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, retry_after: float
+) -> Any:
+    if callable(spec.fallback):
+        return spec.fallback(*args, **kwargs)
+    raw = rt.redis.get(_last_key(task, rt, args, kwargs))
+    if raw is None:  # nothing good to answer with: fail as the breaker says
+        raise CircuitOpen(spec.name, retry_after)
+    return loads(raw)
+
+
+def _announce(task: Task, rt: Runtime, change: StateChange | None) -> None:
+    """Send a ``reliable-circuit-changed`` event for a transition this task's call made.
+
+    The breaker itself logs the transition and sends ``breaker_state_changed``; only the
+    process whose script made the transition announces it, so each is announced once.
+    """
+    if change is not None:
+        emit(task, "reliable-circuit-changed", rt.config.send_events, **change.as_fields())
