@@ -11,9 +11,12 @@ each retry is a new attempt that asks again, so nothing is attempted while it is
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
     from .breaker.options import Outcome
     from .breaker.state import Permit, StateChange
+    from .config import ReliableConfig
     from .runtime import Runtime
 
 logger = logging.getLogger("celery_reliable")
@@ -83,6 +87,28 @@ def compile_breaker(cls: type) -> BreakerSpec | None:
     raise ConfigurationError("circuit_breaker", f"expected a breaker name (str) or a CircuitBreaker(...), got {got}")
 
 
+def check_breakers_known(tasks: Mapping[str, Any], cfg: ReliableConfig) -> None:
+    """Check, at worker start, for breaker names that look like a misspelt configured one.
+
+    A name ``reliable_circuit_breakers`` does not list is a breaker with the default
+    rules; one that is a near miss of a listed name is almost surely a typo.
+
+    Raises:
+        ConfigurationError: naming the task, its breaker and the listed name it resembles.
+    """
+    for name, task in sorted(tasks.items()):
+        spec: BreakerSpec | None = getattr(task, "_reliable_breaker", None)
+        if spec is None or spec.breaker is not None or spec.name in cfg.circuit_breakers:
+            continue
+        close = difflib.get_close_matches(spec.name, list(cfg.circuit_breakers), n=1)
+        if close:
+            raise ConfigurationError(
+                "circuit_breaker",
+                f"task {name} uses breaker {spec.name!r}, which reliable_circuit_breakers does not list; "
+                f"did you mean {close[0]!r}?",
+            )
+
+
 def breaker_for(spec: BreakerSpec, rt: Runtime) -> CircuitBreaker:
     """The breaker of a spec: the object given, or the app's breaker of that name."""
     if spec.breaker is not None:
@@ -121,23 +147,63 @@ def admit(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any
         raise CircuitOpen(spec.name, permit.retry_after)
     from .execution import defer
 
-    delay_ms = max(round(permit.retry_after * 1000), 50)
+    # Spread the parked attempts over part of the next open period: they come back as the
+    # breaker lets probes through, not as one herd refused again each time.
+    spread_ms = random.randint(0, breaker.options.recovery_timeout_ms // 2)
+    delay_ms = max(round(permit.retry_after * 1000), 50) + spread_ms
     defer(task, req, args, kwargs, rt, delay_ms, reason="circuit-open", event="task-circuit-open", **fields)
 
 
-def done(task: Task, rt: Runtime, permit: Permit, started: float, exc: BaseException | None, result: Any) -> None:
-    """Record how an admitted attempt ended; keep a good result for the ``last_result`` fallback."""
+def done(
+    task: Task,
+    rt: Runtime,
+    permit: Permit,
+    started: float,
+    exc: BaseException | None,
+    result: Any,
+    *,
+    entered: bool,
+) -> None:
+    """Record how an admitted attempt ended; keep a good result for the ``last_result`` fallback.
+
+    Only an attempt whose body ran counts (``entered``): a replayed duplicate, a skipped or
+    busy lock, a full bulkhead and the guards' own errors did not call the dependency, and
+    are recorded as ignored (a half-open probe permit is given back). A ``Retry`` raised by
+    the body (``self.retry(exc=...)``, ``autoretry_for``) counts as the error it carries.
+    Never raises: the attempt's own outcome must not change because the breaker could not
+    record it.
+    """
     spec: BreakerSpec = task._reliable_breaker
-    breaker = breaker_for(spec, rt)
-    # Parked by a later guard, or Celery's control flow: the dependency was not asked.
-    ignored = isinstance(exc, (Ignore, Reject, Retry))
-    outcome: Outcome = "ignored" if ignored else breaker.options.outcome_of(exc)
-    _announce(task, rt, breaker.record(permit, outcome, time.monotonic() - started))
-    if exc is None and spec.fallback == LAST_RESULT:
+    try:
+        breaker = breaker_for(spec, rt)
+        if isinstance(exc, Retry):
+            exc = exc.exc if isinstance(exc.exc, BaseException) else None
+            outcome: Outcome = breaker.options.outcome_of(exc) if exc is not None and entered else "ignored"
+        elif not entered or isinstance(exc, (Ignore, Reject)):
+            outcome = "ignored"
+        else:
+            outcome = breaker.options.outcome_of(exc)
+        _announce(task, rt, breaker.record(permit, outcome, time.monotonic() - started))
+    except Exception as error:
+        logger.warning("%s: could not record the outcome with breaker %s: %r", task.name, spec.name, error)
+        return
+    if exc is None and entered and spec.fallback == LAST_RESULT:
         _keep(task, rt, result)
 
 
 def _last_key(task: Task, rt: Runtime, args: Any, kwargs: Any) -> str:
+    """The key of the last good result of a call, the same however its arguments were passed."""
+    try:
+        sig: inspect.Signature | None = inspect.signature(task.run)  # as callers see it (no self)
+    except (TypeError, ValueError):
+        sig = None
+    try:
+        bound = sig.bind(*args, **kwargs) if sig is not None else None
+    except TypeError:
+        bound = None
+    if bound is not None:
+        bound.apply_defaults()
+        args, kwargs = (), dict(bound.arguments)
     return f"{rt.config.key_prefix}:cb-last:{{{task.name}}}:{fingerprint(tuple(args), dict(kwargs))}"
 
 

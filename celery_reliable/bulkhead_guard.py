@@ -15,6 +15,7 @@ the task's queue already holds N messages (the depth is read at most once per
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -158,11 +159,24 @@ def take(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
         attempt = int(req.retries or 0) + 1
         past = failure_guard.history(req)
         failure_guard.dead_letter(task, req, args, kwargs, full, rt, "bulkhead_full", attempt, past)
+        _fail(task, req, full)
         raise Ignore()
     from .execution import defer
 
-    delay_ms = max(round(admission.retry_after * 1000), 20)
+    delay_ms = max(round(admission.retry_after * 1000), 50)
     defer(task, req, args, kwargs, rt, delay_ms, reason="bulkhead-full", event="task-bulkhead-full", **fields)
+
+
+def _fail(task: Task, req: Context, exc: BaseException) -> None:
+    """Store a rejected task's failure and call its errbacks, as a failed task would."""
+    if task.ignore_result and not req.errbacks:
+        return
+    try:
+        task.backend.mark_as_failure(req.id, exc, request=req, store_result=not task.ignore_result)
+    except Exception as error:  # the dead letter holds it; callers may wait on .get()
+        logging.getLogger("celery_reliable").warning(
+            "%s[%s]: could not store the rejection: %r", task.name, req.id, error
+        )
 
 
 def give_back(held: Held | None) -> None:
@@ -173,20 +187,30 @@ def give_back(held: Held | None) -> None:
     try:
         held.bulkhead.release(held.slot)
     except Exception:  # the lease expires on its own
-        import logging
-
         logging.getLogger("celery_reliable").warning(
             "could not release bulkhead slot of %s; it frees itself after its lease", held.bulkhead.name
         )
 
 
-def check_depth(task: Task, options: dict[str, Any], rt: Runtime) -> None:
+def check_depth(task: Task, args: Any, kwargs: Any, options: dict[str, Any], rt: Runtime) -> None:
     """Refuse a publish to a queue already holding ``max_queue_depth`` messages (raises QueueFull)."""
     spec: BulkheadSpec | None = task._reliable_bulkhead
     if spec is None or spec.max_queue_depth is None:
         return
     from .bulkhead.queue_depth import check_queue_depth
 
+    name = _queue_of(task, args, kwargs, options)
+    check_queue_depth(task.app, name, spec.max_queue_depth, max_age=rt.config.queue_depth_cache_ms / 1000)
+
+
+def _queue_of(task: Task, args: Any, kwargs: Any, options: dict[str, Any]) -> str:
+    """The queue a publish goes to: the call's ``queue``, else ``task_routes``, else the default queue."""
     queue = options.get("queue")
+    if queue is None:
+        try:
+            routed = task.app.amqp.router.route(dict(options), task.name, args, kwargs)
+            queue = routed.get("queue")
+        except Exception:  # an unusual router: fall back to the task's own queue
+            queue = None
     name = getattr(queue, "name", queue) or getattr(task, "queue", None) or task.app.conf.task_default_queue
-    check_queue_depth(task.app, str(name), spec.max_queue_depth, max_age=rt.config.queue_depth_cache_ms / 1000)
+    return str(name)

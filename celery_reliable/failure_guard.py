@@ -32,6 +32,9 @@ logger = logging.getLogger("celery_reliable")
 
 #: The message header carrying the failures of earlier attempts.
 HISTORY_HEADER = "reliable_history"
+#: Headers a dead letter does not keep: the history has its own column, and a rate-limit
+#: booking belongs to the delivery that made it (a replay books anew).
+_NOT_KEPT = frozenset({HISTORY_HEADER, "reliable_rate_slot"})
 #: Longest exception message kept per attempt in the history.
 _MESSAGE_CHARS = 500
 
@@ -101,7 +104,7 @@ def dead_letter(
         task_name=task.name,
         args=list(args),
         kwargs=dict(kwargs),
-        headers={k: v for k, v in (req.headers or {}).items() if k != HISTORY_HEADER} or None,
+        headers={k: v for k, v in (req.headers or {}).items() if k not in _NOT_KEPT} or None,
         attempts=attempts,
         history=past,
         exception_type=fields["exception_type"],

@@ -1,22 +1,24 @@
 """Global rate limits in the worker and at publish time: one meter per key, shared through Redis.
 
-A task's limit is a GCRA meter in Redis per key (``<prefix>:rl:{task:<key>}``). Admission
-is one script (``ratelimit_gcra_schedule.lua``) on the server's clock, run when the body
-is about to start:
+A task's limit is a GCRA meter in Redis per key (``<prefix>:rl:{task:<key>}``). When a
+body is about to start, one script (``ratelimit_gcra_book.lua``) on the server's clock
+books the call's instant on the meter:
 
-- the meter admits the call: the body runs (the meter counts starts, so the limit holds
-  on what the protected dependency sees);
-- it does not: the task is parked in the deferred set until its own instant on the
-  meter's schedule, holding no worker slot and spending no retry (event
-  ``task-rate-limited``). Refused tasks get distinct, evenly spaced instants, so they come
-  back one by one rather than as a herd refused again. One that comes back late and
-  finds its instant taken is scheduled again; the meter still holds.
+- the instant is now: the body runs;
+- it is later: the task is parked in the deferred set until exactly then, holding no
+  worker slot and spending no retry (event ``task-rate-limited``). Each parked task holds
+  its own instant, evenly spaced, so parked tasks come back one by one, never as a herd
+  refused again. It comes back carrying its booking (the ``reliable_rate_slot`` header)
+  and runs without asking again, unless it comes back later than its instant by more
+  than the limit's burst of intervals (a backlog held it up): then running at once could
+  bunch it with the tasks booked after it, so it books a new instant.
 
-An admitted call carries its admission in the ``reliable_rate_slot`` header while it is
-parked for another reason (a busy lock), so it is not counted twice; the header is tied
-to the attempt (a retry is admitted anew). With ``rate_limit_on_publish``,
-``apply_async`` asks the meter instead, and parks the task until the meter admits it, so
-workers only receive tasks they may run.
+So bodies start at most the limit's count (plus its burst) in any period, and a
+dependency called from the body sees the limit. A booking is tied to the task id and
+the attempt: a retry, a replayed dead letter and a task parked again for another reason
+(a busy lock, an open breaker, a full bulkhead) book anew, so nothing skips the meter by
+waiting. With ``rate_limit_on_publish``, ``apply_async`` books instead, and parks the
+task until its instant, so workers only receive tasks they may run.
 
 When Redis cannot be reached, ``reliable_rate_limit_on_redis_error`` decides: ``"defer"``
 (the default: the task is sent back to its queue with a short countdown through the
@@ -49,65 +51,90 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celery_reliable")
 
-#: The message header carrying the slot a task was given: ``{"key", "retries", "at_us"}``.
+#: The message header carrying a booked instant: ``{"id", "retries", "key", "at_us", "late_us"}``.
 SLOT_HEADER = "reliable_rate_slot"
 #: Seconds a task waits before it is tried again while Redis cannot be reached.
 _REDIS_DOWN_DELAY = 2.0
 
 
-def take(client: Any, meter_key: str, limit: Limit, cost: int) -> tuple[bool, int, int]:
-    """Admit a call of ``cost`` on the meter at ``meter_key``, or schedule it; one round trip.
+def intervals(limit: Limit) -> tuple[int, int]:
+    """The meter's emission interval and burst: ``(interval_us, burst)``."""
+    period_us = round(limit.period_s * 1_000_000)
+    return -(-period_us // limit.rate), limit.burst or limit.rate
+
+
+def book(client: Any, meter_key: str, limit: Limit, cost: int) -> tuple[int, int]:
+    """Book the next instant of the meter at ``meter_key`` for a call of ``cost``; one round trip.
 
     Returns:
-        ``(admitted, wait_us, now_us)``: whether the call may run now; if not, microseconds
-        until its own instant to come back; and the server's time.
+        ``(wait_us, now_us)``: microseconds until the booked instant (0: now) and the
+        server's time.
 
     Raises:
         redis.exceptions.RedisError: Redis could not be reached or refused the script.
     """
-    period_us = round(limit.period_s * 1_000_000)
-    interval_us = -(-period_us // limit.rate)
-    burst = limit.burst or limit.rate
-    admitted, wait_us, now_us = script_for(client, "ratelimit_gcra_schedule")(
-        keys=[meter_key, f"{meter_key}:schedule"], args=[interval_us, burst, cost]
-    )
-    return admitted == 1, (0 if admitted == 1 else max(int(wait_us), 1)), int(now_us)
+    interval_us, burst = intervals(limit)
+    wait_us, now_us = script_for(client, "ratelimit_gcra_book")(keys=[meter_key], args=[interval_us, burst, cost])
+    return max(int(wait_us), 0), int(now_us)
 
 
-def slot_of(req: Context) -> dict[str, Any] | None:
-    """The slot this delivery already holds, if its message carries one for this attempt."""
+def booking_of(req: Context) -> dict[str, Any] | None:
+    """The booking this delivery carries, if it was made for this task id and attempt."""
     found = getattr(req, SLOT_HEADER, None)
     if found is None and isinstance(getattr(req, "headers", None), dict):
         found = req.headers.get(SLOT_HEADER)
-    if isinstance(found, dict) and found.get("retries") == int(req.retries or 0):
+    if isinstance(found, dict) and found.get("id") == req.id and found.get("retries") == int(req.retries or 0):
         return found
     return None
 
 
-def admit(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> None:
-    """Let this delivery run now, or park it until its instant on the schedule (raises ``Ignore``).
+def _on_time(client: Any, booking: dict[str, Any]) -> tuple[bool, int]:
+    """Whether a booked task came back within its lateness allowance; and the server time."""
+    seconds, micros = client.time()
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    at_us, late_us = int(booking.get("at_us") or 0), int(booking.get("late_us") or 0)
+    return now_us - at_us <= late_us, now_us
 
-    Sets ``req.rate_limit_slot`` (``{"key", "retries", "at_us"}``, ``at_us`` the server
-    time of the admission in microseconds) for the body and for later deferrals of this
-    attempt.
+
+def admit(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> None:
+    """Let this delivery run now, or park it until its booked instant (raises ``Ignore``).
+
+    Sets ``req.rate_limit_slot`` (``{"key", "at_us", ...}``, ``at_us`` the server time of
+    the instant the body was admitted for, in microseconds) for the body.
     """
     spec: RateSpec | None = task._reliable_rate
     if spec is None or req.is_eager:
         return
-    held = slot_of(req)
-    if held is not None:
-        req.rate_limit_slot = held
-        return
     meter, key, limit, cost = spec.call(task.name, args, kwargs)
     try:
-        admitted, wait_us, now_us = take(rt.redis, limiter_key(rt.config.key_prefix, meter, key), limit, cost)
+        held = booking_of(req)
+        if held is not None:
+            on_time, now_us = _on_time(rt.redis, held)
+            if on_time:
+                req.rate_limit_slot = held
+                return
+            logger.info(
+                "%s[%s]: back %d ms after its instant; booking again",
+                task.name,
+                req.id,
+                (now_us - held["at_us"]) // 1000,
+            )
+        wait_us, now_us = book(rt.redis, limiter_key(rt.config.key_prefix, meter, key), limit, cost)
     except RedisError as exc:
         if rt.config.rate_limit_on_redis_error == "allow":
             logger.warning("%s[%s]: rate limit not checked, Redis unreachable (%r); running", task.name, req.id, exc)
             return
         _defer_without_redis(task, req, args, kwargs, rt, exc)
-    if admitted:
-        req.rate_limit_slot = {"key": key, "retries": int(req.retries or 0), "at_us": now_us}
+    interval_us, burst = intervals(limit)
+    booking = {
+        "id": req.id,
+        "retries": int(req.retries or 0),
+        "key": key,
+        "at_us": now_us + wait_us,
+        "late_us": burst * interval_us,
+    }
+    req.rate_limit_slot = booking
+    if wait_us <= 0:
         return
     from .execution import defer
 
@@ -121,37 +148,42 @@ def admit(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any
         reason="rate-limited",
         event="task-rate-limited",
         jitter=False,
+        headers={SLOT_HEADER: booking},
         key=key,
         limit=str(limit),
     )
 
 
-def shape(task: Task, args: Any, kwargs: Any, options: dict[str, Any], rt: Runtime) -> int:
-    """Ask the meter about a call being published; returns milliseconds to park it for (0: send now).
+def shape(task: Task, args: Any, kwargs: Any, task_id: str, options: dict[str, Any], rt: Runtime) -> int:
+    """Book the instant of a call being published; returns milliseconds to park it for (0: send now).
 
-    An admitted call carries its admission in the message's headers, so the worker runs
-    it without asking again; a refused one is parked until its instant, and asks again
-    when the pump publishes it. When Redis cannot be reached nothing is taken (returns 0)
-    and the worker decides instead.
+    The booking goes into the message's headers, so the worker runs the task without
+    asking again. When Redis cannot be reached nothing is booked (returns 0) and the
+    worker decides instead.
     """
     spec: RateSpec | None = task._reliable_rate
     assert spec is not None
     retries = int(options.get("retries") or 0)
     headers = dict(options.get("headers") or {})
     held = headers.get(SLOT_HEADER)
-    if isinstance(held, dict) and held.get("retries") == retries:
-        return 0  # already holds a slot (a parked task coming back through the pump)
+    if isinstance(held, dict) and held.get("id") == task_id and held.get("retries") == retries:
+        return 0  # booked already (a parked task coming back through the pump)
     meter, key, limit, cost = spec.call(task.name, tuple(args or ()), dict(kwargs or {}))
     try:
-        admitted, wait_us, now_us = take(rt.redis, limiter_key(rt.config.key_prefix, meter, key), limit, cost)
+        wait_us, now_us = book(rt.redis, limiter_key(rt.config.key_prefix, meter, key), limit, cost)
     except RedisError as exc:
         logger.warning("%s: publish-time rate shaping skipped, Redis unreachable (%r)", task.name, exc)
         return 0
-    if not admitted:
-        return math.ceil(wait_us / 1000)
-    headers[SLOT_HEADER] = {"key": key, "retries": retries, "at_us": now_us}
+    interval_us, burst = intervals(limit)
+    headers[SLOT_HEADER] = {
+        "id": task_id,
+        "retries": retries,
+        "key": key,
+        "at_us": now_us + wait_us,
+        "late_us": burst * interval_us,
+    }
     options["headers"] = headers
-    return 0
+    return math.ceil(wait_us / 1000)
 
 
 def _defer_without_redis(
@@ -166,7 +198,7 @@ def _defer_without_redis(
         if req.acks_late:
             time.sleep(min(delay, 1.0))  # Redis and the broker are both away: do not spin on requeues
             raise Reject(publish_error, requeue=True) from exc
-        message = f"cannot check the rate limit of {task.name} nor requeue it: {exc!r}"
+        message = f"cannot check the rate limit of {task.name} ({exc!r}) nor requeue it ({publish_error!r})"
         raise BackendUnavailable("redis", message) from exc
     emit(task, "task-rate-limited", rt.config.send_events, reason="redis-unavailable", delay_ms=round(delay * 1000))
     raise Ignore()

@@ -80,6 +80,8 @@ class WorkerProcess:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         queue = env.get("TEST_QUEUE", "reliable-tests")
+        if env.get("TEST_EXTRA_QUEUES"):  # more queues to consume, e.g. one per bulkhead tier
+            queue = f"{queue},{env['TEST_EXTRA_QUEUES']}"
         cmd = [
             CELERY,
             "-A",

@@ -42,6 +42,9 @@ if hasattr(os, "register_at_fork"):
 #: ``max_queue_depth`` does not refuse.
 republishing: ContextVar[bool] = ContextVar("celery_reliable_republishing", default=False)
 
+#: Sleeps up to this long (seconds) are timed locally, not by a blocking Redis command.
+SHORT_SLEEP = 0.25
+
 #: Seconds between sweeps of expired in-flight leases (and the Redis warmth check).
 MAINTENANCE_EVERY = 5.0
 
@@ -164,8 +167,16 @@ class Pump:
             self._sleep(pause)
 
     def _sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, woken early by a wake token or :meth:`stop`."""
+        """Sleep ``seconds``, woken early by a wake token or :meth:`stop`.
+
+        Short sleeps happen here: Redis checks the timeouts of blocked commands only about
+        every 100 ms (its ``hz``), so a BLPOP of 20 ms would return up to 100 ms late and
+        every parked task due soon would be published that late.
+        """
         if seconds <= 0 or self._stop.is_set():
+            return
+        if seconds <= SHORT_SLEEP:
+            self._stop.wait(seconds)
             return
         try:
             self.deferred.wait_for_wake(seconds, self._own_key)

@@ -30,9 +30,10 @@ local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local earliest = math.max(1, tonumber(first[2]) - now)
 -- A slot frees when a holder finishes, usually well before its lease runs out: with n
 -- holders of average hold h, the first one finishes in about h / n.
-local hold = tonumber(redis.call('GET', KEYS[2]) or '0')
+-- A measured average of 0 (holds shorter than a millisecond) is a measurement too.
+local hold = redis.call('GET', KEYS[2])
 local likely = earliest
-if hold > 0 then
-  likely = math.max(1, math.min(earliest, math.floor(hold / n)))
+if hold then
+  likely = math.max(1, math.min(earliest, math.floor(tonumber(hold) / n)))
 end
 return {0, n, likely, earliest, now}

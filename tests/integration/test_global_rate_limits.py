@@ -10,9 +10,8 @@ from typing import Any
 
 import redis
 
-from celery_reliable.events import EVENT_TYPES
 from tests.harness import RedisServer, wait_until
-from tests.worker_app import app, limited, limited_payment, shaped, tenant_call, unlimited
+from tests.worker_app import limited, limited_payment, shaped, tenant_call, unlimited
 
 
 def rows(ledger: redis.Redis, name: str) -> list[dict[str, Any]]:
@@ -38,8 +37,7 @@ def deliveries(ledger: redis.Redis, task_name: str) -> Counter[str]:
 
 
 def test_600_tasks_under_20_per_second_on_two_workers(workers, ledger: redis.Redis) -> None:
-    workers("w1", {}, concurrency=2)
-    workers("w2", {}, concurrency=2)
+    started_workers = [workers("w1", {}, concurrency=2), workers("w2", {}, concurrency=2)]
     count = 600
     sent = [limited.delay(i) for i in range(count)]
     others = [unlimited.delay(i) for i in range(40)]
@@ -67,9 +65,13 @@ def test_600_tasks_under_20_per_second_on_two_workers(workers, ledger: redis.Red
     starts = [r["start_us"] for r in done]
     assert most_in_any_window(starts, 1_000_000) <= 21
     assert elapsed >= (count - 1) / 20 - 1, "the limit was not applied"
-    # The fault really fired: most deliveries were parked at first and came back once.
+    rebooked = sum(w.log().count("booking again") for w in started_workers)
+    print(f"elapsed {elapsed:.1f} s, rebooked {rebooked}, deliveries {sum(deliveries(ledger, limited.name).values())}")
+    assert elapsed < (count / 20) * 1.5, "the limit was applied, but capacity was wasted"
+    # The fault really fired: most deliveries were parked at first and came back once; a
+    # few that a backlog held past their instant booked again.
     per_task = deliveries(ledger, limited.name)
-    assert sum(per_task.values()) >= count * 1.5, per_task.most_common(3)
+    assert count * 1.5 <= sum(per_task.values()) <= count * 2.5, per_task.most_common(3)
     print(
         f"600 tasks at 20/s: {elapsed:.1f} s, unlimited done after {unlimited_done:.1f} s, "
         f"most starts in 1 s {most_in_any_window(starts, 1_000_000)}, "
@@ -115,10 +117,6 @@ def test_a_completed_key_replays_without_taking_a_slot(workers, ledger: redis.Re
     assert len(rows(ledger, "payments")) == 1
 
 
-def test_rate_limited_is_an_event_type() -> None:
-    assert "task-rate-limited" in EVENT_TYPES
-
-
 def _with_private_reliable_redis(workers, server: RedisServer, setting: str) -> None:
     env = {
         "TEST_RELIABLE_REDIS": server.url,
@@ -145,7 +143,3 @@ def test_redis_down_can_fail_open(workers, ledger: redis.Redis, private_redis) -
     assert r.get(timeout=20) == 2
     [row] = rows(ledger, "limited")
     assert row["slot_us"] is None  # it ran without a slot
-
-
-def test_the_producer_side_app_is_the_workers_app() -> None:
-    assert limited.app is app

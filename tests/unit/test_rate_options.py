@@ -117,3 +117,20 @@ def test_the_redis_error_setting_takes_defer_or_allow(value: Any, ok: bool) -> N
     else:
         with pytest.raises(ConfigurationError, match="expected one of 'defer', 'allow'"):
             parse(app)
+
+
+def _request(task_id: str, retries: int, booking: dict[str, Any] | None) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=task_id, retries=retries, headers={"reliable_rate_slot": booking} if booking else {})
+
+
+def test_a_booking_counts_only_for_its_own_task_id_and_attempt() -> None:
+    from celery_reliable.rate_guard import booking_of
+
+    booking = {"id": "t-1", "retries": 0, "key": "k", "at_us": 1, "late_us": 50_000}
+    assert booking_of(_request("t-1", 0, booking)) == booking
+    assert booking_of(_request("t-1", 1, booking)) is None  # a retry books anew
+    assert booking_of(_request("t-2", 0, booking)) is None  # a replayed dead letter gets a new id
+    assert booking_of(_request("t-1", 0, None)) is None
+    assert booking_of(_request("t-1", 0, {"retries": 0})) is None  # an old or forged header
