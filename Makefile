@@ -50,6 +50,11 @@ bench-locks: $(VENV)/.installed services
 bench-retries: $(VENV)/.installed services
 	$(PY) -m bench.retries
 
+## Outbox relay: messages/s from commit to broker, commit-to-publish latency p50/p99 (1 s beat vs NOTIFY).
+.PHONY: bench-outbox
+bench-outbox: $(VENV)/.installed services
+	$(PY) -m bench.outbox
+
 ## Rate-limit decisions/s and Redis work per decision against the `limits` library.
 .PHONY: bench-ratelimits
 bench-ratelimits: $(VENV)/.installed services

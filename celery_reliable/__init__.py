@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .beat_leader import LeaderScheduler
 from .breaker import CircuitBreaker, circuit_breaker
 from .bulkhead import Bulkhead
 from .config import ReliableConfig, get_config
@@ -13,9 +14,12 @@ from .errors import (
     CircuitOpen,
     ConfigurationError,
     DuplicateExecution,
+    DuplicateMessage,
     IdempotencyError,
+    IdempotencyInProgress,
     IdempotencyKeyError,
     IdempotencyKeyMismatch,
+    IdempotencyKeyReused,
     KeyInProgress,
     LockError,
     LockLost,
@@ -31,6 +35,7 @@ from .errors import (
     TransactionError,
     UnknownOptionError,
 )
+from .http import IdempotencyMiddleware, idempotent_execute
 from .install import install
 from .locks import PostgresAdvisoryLock, RedisLock, Redlock, fenced_set, fenced_update, fenced_upsert
 from .maintenance import beat_schedule
@@ -53,12 +58,17 @@ __all__ = [
     "DeadLetter",
     "DeadLetterStore",
     "DuplicateExecution",
+    "DuplicateMessage",
     "GCRALimiter",
     "Idempotency",
     "IdempotencyError",
+    "IdempotencyInProgress",
     "IdempotencyKeyError",
     "IdempotencyKeyMismatch",
+    "IdempotencyKeyReused",
+    "IdempotencyMiddleware",
     "KeyInProgress",
+    "LeaderScheduler",
     "Limit",
     "LockError",
     "LockLost",
@@ -90,6 +100,7 @@ __all__ = [
     "fenced_update",
     "fenced_upsert",
     "get_config",
+    "idempotent_execute",
     "install",
     "parse_limit",
     "retry",

@@ -1,4 +1,4 @@
-"""The worker bootstep: checks settings and Redis at start, runs the deferred-set pump."""
+"""The worker bootstep: checks settings and Redis at start, runs the deferred-set pump and the outbox listener."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from .breaker_guard import check_breakers_known
 from .bulkhead_guard import check_tiers_known
 from .checks import check_redis
 from .config import get_config, override_config
@@ -32,7 +33,9 @@ class ReliableStep(bootsteps.StartStopStep):
             self.config = override_config(worker.app, send_events=True)
         check_backends(worker.app.tasks, self.config)
         check_tiers_known(worker.app.tasks, self.config)
+        check_breakers_known(worker.app.tasks, self.config)
         self.pump: Pump | None = None
+        self.outbox_listener = _outbox_listener(worker.app)
         super().__init__(worker, **kwargs)
 
     def start(self, worker: Any) -> None:
@@ -44,6 +47,8 @@ class ReliableStep(bootsteps.StartStopStep):
             rt.warm_up()
         except Exception as exc:
             logger.warning("celery-reliable: start-up warm-up failed, the pump will retry: %r", exc)
+        if self.outbox_listener is not None:
+            self.outbox_listener.start()
         if not self.config.pump_enabled:
             return
         self.pump = Pump(
@@ -57,8 +62,26 @@ class ReliableStep(bootsteps.StartStopStep):
         self.pump.start()
 
     def stop(self, worker: Any) -> None:
+        if self.outbox_listener is not None:
+            self.outbox_listener.stop()
+            self.outbox_listener = None
         if self.pump is not None:
             self.pump.stop()
             self.pump = None
 
     shutdown = stop
+
+
+def _outbox_listener(app: Any) -> Any:
+    """The outbox listener when ``reliable_outbox_listen`` is on (checks the outbox settings either way)."""
+    from .outbox.settings import outbox_config
+
+    if not outbox_config(app).listen:
+        return None
+    from .errors import ConfigurationError
+    from .outbox.listen import OutboxListener
+
+    try:
+        return OutboxListener(app)
+    except ValueError as exc:
+        raise ConfigurationError("reliable_outbox_listen", str(exc)) from None

@@ -44,6 +44,7 @@ class ReliableConfig:
     queue_depth_cache_ms: int
     circuit_breakers: dict[str, dict[str, Any]]
     breaker_fallback_ttl_ms: int
+    beat_lease_ms: int
     redlock_urls: tuple[str, ...]
     max_message_bytes: int | None
     max_deliveries: int
@@ -199,6 +200,7 @@ def parse(app: Celery) -> ReliableConfig:
         queue_depth_cache_ms=values["reliable_queue_depth_cache"],
         circuit_breakers=values["reliable_circuit_breakers"],
         breaker_fallback_ttl_ms=max(values["reliable_breaker_fallback_ttl"], 300_000),
+        beat_lease_ms=max(values["reliable_beat_lease"], 1000),
         redlock_urls=values["reliable_redlock_urls"],
         max_message_bytes=values["reliable_max_message_bytes"],
         max_deliveries=values["reliable_max_deliveries"],

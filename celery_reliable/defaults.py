@@ -139,6 +139,13 @@ SETTINGS: tuple[Setting, ...] = (
         300.0,
         "How long a task's last good result is kept for circuit_breaker_fallback='last_result'.",
     ),
+    Setting(
+        "reliable_beat_lease",
+        "duration",
+        30.0,
+        "Lease of the beat leader (LeaderScheduler): renewed every third; a standby beat takes over "
+        "at most this long (plus about a second) after the leader dies.",
+    ),
     Setting("reliable_pump_enabled", "bool", True, "Run the deferred-set pump in every worker."),
     Setting("reliable_pump_interval", "duration", 0.5, "Longest the pump sleeps when nothing is due sooner."),
     Setting("reliable_pump_batch", "int", 200, "Most tasks the pump moves in one step."),
@@ -172,6 +179,59 @@ SETTINGS: tuple[Setting, ...] = (
         "int",
         1000,
         "Dead letters the purge job deletes per transaction (bounded batches).",
+    ),
+    Setting("reliable_outbox_batch", "int", 500, "Outbox rows a relay claims, publishes and marks in one transaction."),
+    Setting(
+        "reliable_outbox_interval",
+        "duration",
+        1.0,
+        "How often beat runs the outbox relay (also how long a relay run's messages may wait without listen mode).",
+    ),
+    Setting(
+        "reliable_outbox_run_limit",
+        "duration",
+        5.0,
+        "Longest one relay run keeps claiming batches before it returns (other relays may run meanwhile).",
+    ),
+    Setting(
+        "reliable_outbox_max_attempts",
+        "int",
+        12,
+        "Failed publishes of one outbox row (unknown task, broker refusing it) before the row is parked as dead.",
+    ),
+    Setting(
+        "reliable_outbox_retry_base",
+        "duration",
+        1.0,
+        "Backoff after an outbox row's first failed publish; doubles per attempt (equal jitter) up to the cap.",
+    ),
+    Setting("reliable_outbox_retry_cap", "duration", 300.0, "Longest backoff between publishes of one outbox row."),
+    Setting(
+        "reliable_outbox_retention",
+        "duration",
+        7 * 86400.0,
+        "How long published outbox rows are kept before the outbox cleanup job deletes them (default 7 days).",
+    ),
+    Setting(
+        "reliable_outbox_listen",
+        "bool",
+        False,
+        "Low-latency outbox: enqueue() sends NOTIFY at commit and every worker LISTENs and relays at once "
+        "(PostgreSQL only).",
+    ),
+    Setting(
+        "reliable_outbox_poll_interval",
+        "duration",
+        1.0,
+        "In listen mode, how often a worker's listener also relays without a notification (retries due, "
+        "missed notifications).",
+    ),
+    Setting(
+        "reliable_outbox_require_registered",
+        "bool",
+        True,
+        "The relay publishes only task names its app has registered; other rows are retried, then parked as dead "
+        "(a worker would drop a message for a task it does not know).",
     ),
     Setting(
         "reliable_send_events",

@@ -9,8 +9,11 @@ Every exception derives from :class:`ReliableError`::
     ├── IdempotencyError
     │   ├── IdempotencyKeyError      the key cannot be built from the call
     │   ├── IdempotencyKeyMismatch   same key, different arguments
+    │   │   └── IdempotencyKeyReused an HTTP Idempotency-Key sent again with another request (422)
     │   ├── KeyInProgress            the key runs elsewhere (eager calls only)
+    │   │   └── IdempotencyInProgress an HTTP request with this Idempotency-Key is still running (409)
     │   ├── DuplicateExecution       another execution already committed this key
+    │   ├── DuplicateMessage         the consumer inbox already holds this message id (rolled back)
     │   └── ResultNotSerializable    the task's result cannot be stored as JSON
     ├── LockError
     │   ├── LockNotAcquired          the lock is held elsewhere (timeout, or not blocking)
@@ -145,6 +148,68 @@ class DuplicateExecution(IdempotencyError):
     Raised out of ``self.transaction()``; ReliableTask catches it and returns the stored
     result, so a task body normally never sees it escape.
     """
+
+
+class DuplicateMessage(IdempotencyError):
+    """The consumer already processed this message; this transaction was rolled back.
+
+    Raised out of ``self.transaction()`` for a task with the ``inbox`` option; ReliableTask
+    catches it and ends the task with ``None``, so a task body normally never sees it escape.
+
+    Attributes:
+        consumer: the consumer's name.
+        message_id: the message's id.
+    """
+
+    def __init__(self, consumer: str, message_id: str) -> None:
+        self.consumer = consumer
+        self.message_id = message_id
+        super().__init__(
+            f"consumer {consumer!r} already processed message {message_id!r}; this transaction was rolled back",
+            f"{consumer}|{message_id}",
+        )
+        self.args = (consumer, message_id)
+
+
+class IdempotencyKeyReused(IdempotencyKeyMismatch):
+    """An HTTP ``Idempotency-Key`` came back with a different request (answer 422).
+
+    Attributes:
+        endpoint: the scope the key was used in (``"POST /payments"``, ``"/payments"``).
+        status_code: the HTTP status to answer, 422.
+    """
+
+    status_code = 422
+
+    def __init__(self, key: str, endpoint: str, stored_fingerprint: str, fingerprint: str) -> None:
+        super().__init__(key, stored_fingerprint, fingerprint)
+        self.endpoint = endpoint
+        self.message = (
+            f"Idempotency-Key {key!r} was already used for {endpoint} with a different request; "
+            "send the same request again, or use a new key for a new request"
+        )
+        self.args = (key, endpoint, stored_fingerprint, fingerprint)
+
+
+class IdempotencyInProgress(KeyInProgress):
+    """An HTTP request with this ``Idempotency-Key`` is still being processed (answer 409).
+
+    Attributes:
+        endpoint: the scope the key was used in.
+        retry_after: seconds until the running request's lock runs out, at most.
+        status_code: the HTTP status to answer, 409.
+    """
+
+    status_code = 409
+
+    def __init__(self, key: str, endpoint: str, retry_after: float) -> None:
+        super().__init__(key, retry_after)
+        self.endpoint = endpoint
+        self.message = (
+            f"a request with Idempotency-Key {key!r} for {endpoint} is still in progress "
+            f"(it holds the key for at most {retry_after:.1f}s more); retry shortly to get its response"
+        )
+        self.args = (key, endpoint, retry_after)
 
 
 class ResultNotSerializable(IdempotencyError, TypeError):

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from .breaker.state import Permit
+    from .inbox.option import InboxEntry
 
 logger = logging.getLogger("celery_reliable")
 
@@ -55,6 +56,8 @@ class Execution:
     committed: bool = False
     duplicate: Record | None = None
     pending: Session | None = None
+    inbox: InboxEntry | None = None
+    inbox_duplicate: bool = False
 
     def rollback_pending(self) -> None:
         """Roll back a transaction still waiting for the task's result."""
@@ -85,6 +88,10 @@ class Execution:
 
 current: ContextVar[Execution | None] = ContextVar("celery_reliable_execution", default=None)
 
+#: Set once this execution calls the task's body: a replayed duplicate, a skipped lock or a
+#: guard's own failure did not call the dependency, which the circuit breaker must know.
+body_entered: ContextVar[bool] = ContextVar("celery_reliable_body_entered", default=False)
+
 
 def defer(
     task: Task,
@@ -97,21 +104,22 @@ def defer(
     wake: Any = None,
     event: str = "task-deferred",
     jitter: bool = True,
+    headers: dict[str, Any] | None = None,
     **fields: Any,
 ) -> NoReturn:
     """Park this delivery in the deferred set and end it without running (no retry spent).
 
     ``wake``: a busy lock whose release should bring this delivery back before its due time.
     ``event``: the Celery event that says so (with ``reason``, ``delay_ms`` and ``fields``).
-    ``jitter``: add ``reliable_defer_jitter`` (not for a rate-limit slot, which is exact).
-    A rate-limit slot this attempt already holds travels with it, so it is not taken twice.
+    ``jitter``: add ``reliable_defer_jitter`` (not for a rate-limit booking, which is exact).
+    ``headers``: set on the parked message. A rate-limit booking the delivery carried is
+    dropped unless given again here: a task parked for another reason books anew on return.
     """
-    sig = task.signature_from_request(req, args, kwargs)
-    slot = getattr(req, "rate_limit_slot", None)
-    if slot is not None:
-        from .rate_guard import SLOT_HEADER
+    from .rate_guard import SLOT_HEADER
 
-        sig.options["headers"] = {**(sig.options.get("headers") or {}), SLOT_HEADER: slot}
+    sig = task.signature_from_request(req, args, kwargs)
+    carried = {k: v for k, v in (sig.options.get("headers") or {}).items() if k != SLOT_HEADER}
+    sig.options["headers"] = {**carried, **(headers or {})}
     entry = rt.deferred().entry(dict(sig), reason)
     if jitter:
         delay_ms += rt.jitter_ms()
@@ -172,8 +180,9 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
 def _run_admitted(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Any:
     """Run under the circuit breaker and in a bulkhead slot, if the task has them.
 
-    The breaker's permit is asked first and the attempt's outcome recorded after; the
-    bulkhead slot is held for the lock, the claim and the body, and given back after.
+    The breaker's permit is asked first and the attempt's outcome recorded after (only
+    when the body ran: see :data:`body_entered`); the bulkhead slot is held for the lock,
+    the claim and the body, and given back after.
     """
     permit: Permit | None = None
     if task._reliable_breaker is not None:
@@ -182,12 +191,12 @@ def _run_admitted(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[
             return asked.value
         permit = asked
     started = time.monotonic()
+    entered = body_entered.set(False)
     try:
         held = bulkhead_guard.take(task, req, args, kwargs, rt)  # parks or rejects the task when full
         if isinstance(held, breaker_guard.Answer):
-            if permit is not None:
-                breaker_guard.done(task, rt, permit, started, Ignore(), None)
-                permit = None
+            if permit is not None:  # the fallback answered: the dependency was not called
+                breaker_guard.done(task, rt, permit, started, None, None, entered=False)
             return held.value
         try:
             if task.retry_budget and not req.retries:
@@ -197,10 +206,13 @@ def _run_admitted(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[
             bulkhead_guard.give_back(held)
     except BaseException as exc:
         if permit is not None:
-            breaker_guard.done(task, rt, permit, started, exc, None)
+            breaker_guard.done(task, rt, permit, started, exc, None, entered=body_entered.get())
         raise
-    if permit is not None:
-        breaker_guard.done(task, rt, permit, started, None, result)
+    else:
+        if permit is not None:
+            breaker_guard.done(task, rt, permit, started, None, result, entered=body_entered.get())
+    finally:
+        body_entered.reset(entered)
     return result
 
 
@@ -249,10 +261,18 @@ def _run_locked(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
 def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run the body under its idempotency key, if it has one."""
     spec = task._reliable_spec
+    inbox_spec = task._reliable_inbox
+    inbox = None if inbox_spec is None else inbox_spec.entry(task.name, req.id, args, kwargs)
     if spec is None:
-        token = current.set(Execution(task.name, req.id))
+        plain = Execution(task.name, req.id, inbox=inbox)
+        token = current.set(plain)
         try:
+            body_entered.set(True)
             return task.run(*args, **kwargs)
+        except BaseException:
+            if plain.inbox_duplicate:
+                return _inbox_duplicate(task, plain)
+            raise
         finally:
             current.reset(token)
 
@@ -284,11 +304,12 @@ def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str
     _, claim_key, _ = idem.keys(scoped)
     renew = partial(idem.renew, claim_key, owner, cfg.claim_lease_ms)
     lease = heartbeat().add(Lease(scoped, cfg.claim_lease_ms, renew))
-    ex = Execution(task.name, req.id, scoped, fp, ttl_ms)
+    ex = Execution(task.name, req.id, scoped, fp, ttl_ms, inbox=inbox)
     token = current.set(ex)
     try:
         _failpoints.hit("after_claim", req.id, cfg.redis_url)
         try:
+            body_entered.set(True)
             result = task.run(*args, **kwargs)
             if ex.duplicate is None:
                 try:
@@ -302,6 +323,8 @@ def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str
                     idem.complete(scoped, owner, Record(fp, req.id, COMMITTED, None), ttl_ms)
                 else:
                     idem.release(scoped, owner)
+                if ex.inbox_duplicate:
+                    return _inbox_duplicate(task, ex)
                 raise
         if ex.duplicate is not None:
             idem.complete(scoped, owner, ex.duplicate, ttl_ms)
@@ -337,3 +360,17 @@ def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str
         ex.rollback_pending()
         heartbeat().remove(lease)
         current.reset(token)
+
+
+def _inbox_duplicate(task: Task, ex: Execution) -> None:
+    """End an execution whose message the inbox already holds (its transaction rolled back)."""
+    assert ex.inbox is not None
+    rt = runtime(task.app)
+    logger.info(
+        "%s[%s]: message %r was already processed by this consumer; rolled back, nothing done",
+        task.name,
+        ex.task_id,
+        ex.inbox.message_id,
+    )
+    emit(task, "task-deduplicated", rt.config.send_events, reason="inbox", message_id=ex.inbox.message_id)
+    return None

@@ -40,7 +40,9 @@ def install(app: Celery, beat: bool = True) -> Celery:
     Args:
         app: the Celery app.
         beat: merge the maintenance jobs into ``app.conf.beat_schedule`` (entries the
-            user already has under the same names are kept).
+            user already has under the same names are kept), and make
+            :class:`~celery_reliable.beat_leader.LeaderScheduler` beat's scheduler unless
+            the app names one (``beat_scheduler``, or ``celery beat -S``).
 
     Returns:
         ``app``, for chaining.
@@ -51,6 +53,7 @@ def install(app: Celery, beat: bool = True) -> Celery:
     maintenance.register(app)
     if beat:
         _merge_beat(app)
+        _default_scheduler(app)
     return app
 
 
@@ -61,3 +64,19 @@ def _merge_beat(app: Celery) -> None:
     for name, entry in beat_schedule(app).items():
         schedule.setdefault(name, entry)
     app.conf.beat_schedule = schedule
+
+
+#: The scheduler ``install`` gives beat when the app names none.
+LEADER_SCHEDULER = "celery_reliable.beat_leader:LeaderScheduler"
+
+
+def _default_scheduler(app: Celery) -> None:
+    """Make beat lead with a lease unless the user chose a scheduler (now, and after any reconfigure)."""
+
+    def choose(**_: Any) -> None:
+        if not app.conf.value_set_for("beat_scheduler"):
+            app.conf.beat_scheduler = LEADER_SCHEDULER
+
+    app.on_after_configure.connect(choose, weak=False, dispatch_uid=f"celery_reliable.beat_scheduler.{id(app)}")
+    if app.configured:
+        choose()

@@ -1,4 +1,5 @@
-"""Maintenance jobs run by beat: idempotency cleanup, deferred-set pumping and sweeps, dead-letter retention."""
+"""Maintenance jobs run by beat: idempotency, inbox and HTTP-key cleanup, deferred-set pumping and sweeps,
+dead-letter retention."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 CLEANUP_TASK = "celery_reliable.cleanup_idempotency"
 PUMP_TASK = "celery_reliable.pump_deferred"
 PURGE_DEAD_LETTERS_TASK = "celery_reliable.purge_dead_letters"
+CLEANUP_INBOX_TASK = "celery_reliable.cleanup_inbox"
+CLEANUP_HTTP_TASK = "celery_reliable.cleanup_http_idempotency"
+RELAY_OUTBOX_TASK = "celery_reliable.relay_outbox"
+CLEANUP_OUTBOX_TASK = "celery_reliable.cleanup_outbox"
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +32,26 @@ def cleanup_idempotency(app: Celery) -> dict[str, int]:
     if not rt.has_database:
         return {"deleted": 0}
     return {"deleted": db_store.delete_expired(rt.engine(), rt.config.cleanup_batch)}
+
+
+def cleanup_inbox(app: Celery) -> dict[str, int]:
+    """Delete expired consumer-inbox rows in bounded batches."""
+    from . import inbox
+
+    rt = runtime(app)
+    if not rt.has_database:
+        return {"deleted": 0}
+    return {"deleted": inbox.delete_expired(rt.engine(), rt.config.cleanup_batch)}
+
+
+def cleanup_http_idempotency(app: Celery) -> dict[str, int]:
+    """Delete expired HTTP idempotency keys in bounded batches (on ``reliable_database_url``)."""
+    from .http import store
+
+    rt = runtime(app)
+    if not rt.has_database:
+        return {"deleted": 0}
+    return {"deleted": store.delete_expired(rt.engine(), rt.config.cleanup_batch)}
 
 
 def pump_deferred(app: Celery, rounds: int = 10) -> dict[str, int]:
@@ -74,20 +99,63 @@ def register(app: Celery) -> None:
     def _purge_dead_letters() -> dict[str, int]:
         return purge_dead_letters(app)
 
+    @app.task(name=CLEANUP_INBOX_TASK, ignore_result=True)
+    def _cleanup_inbox() -> dict[str, int]:
+        return cleanup_inbox(app)
+
+    @app.task(name=CLEANUP_HTTP_TASK, ignore_result=True)
+    def _cleanup_http() -> dict[str, int]:
+        return cleanup_http_idempotency(app)
+
+    @app.task(name=RELAY_OUTBOX_TASK, ignore_result=True)
+    def _relay_outbox() -> dict[str, int]:
+        from .outbox.relay import relay_outbox
+
+        return relay_outbox(app)
+
+    @app.task(name=CLEANUP_OUTBOX_TASK, ignore_result=True)
+    def _cleanup_outbox() -> dict[str, int]:
+        from .outbox.admin import cleanup_outbox
+
+        return cleanup_outbox(app)
+
 
 def beat_schedule(app: Celery) -> dict[str, dict[str, Any]]:
     """The beat entries of the maintenance jobs, to merge into ``beat_schedule``.
 
-    Reads only ``reliable_cleanup_interval``, so it can run before the other settings are set.
+    Reads only ``reliable_cleanup_interval`` and ``reliable_outbox_interval``, so it can run before the
+    other settings are set.
     """
     from .config import duration_ms
     from .defaults import SETTINGS_BY_NAME
 
     name = "reliable_cleanup_interval"
     cleanup_ms = duration_ms(name, app.conf.get(name, SETTINGS_BY_NAME[name].default))
+    outbox = "reliable_outbox_interval"
+    relay_s = max(duration_ms(outbox, app.conf.get(outbox, SETTINGS_BY_NAME[outbox].default)), 10) / 1000.0
     return {
         "celery-reliable-cleanup-idempotency": {
             "task": CLEANUP_TASK,
+            "schedule": max(cleanup_ms, 1000) / 1000.0,
+            "options": {"expires": 60},
+        },
+        "celery-reliable-cleanup-inbox": {
+            "task": CLEANUP_INBOX_TASK,
+            "schedule": max(cleanup_ms, 1000) / 1000.0,
+            "options": {"expires": 60},
+        },
+        "celery-reliable-cleanup-http-idempotency": {
+            "task": CLEANUP_HTTP_TASK,
+            "schedule": max(cleanup_ms, 1000) / 1000.0,
+            "options": {"expires": 60},
+        },
+        "celery-reliable-relay-outbox": {
+            "task": RELAY_OUTBOX_TASK,
+            "schedule": relay_s,
+            "options": {"expires": max(5.0, 2 * relay_s)},
+        },
+        "celery-reliable-cleanup-outbox": {
+            "task": CLEANUP_OUTBOX_TASK,
             "schedule": max(cleanup_ms, 1000) / 1000.0,
             "options": {"expires": 60},
         },

@@ -36,6 +36,8 @@ RELIABLE_OPTIONS = (
     "bulkhead",
     "bulkhead_on_full",
     "max_queue_depth",
+    "inbox",
+    "inbox_ttl",
 )
 
 #: Options Celery's task decorator reads that are not Task attributes.

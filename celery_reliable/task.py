@@ -12,6 +12,7 @@ from celery.utils import uuid as celery_uuid
 
 from .breaker_guard import BreakerSpec, compile_breaker
 from .bulkhead_guard import BulkheadSpec, compile_bulkhead
+from .inbox.option import InboxSpec, compile_inbox
 from .jsoncodec import fingerprint
 from .locks.task_lock import LockSpec, compile_lock
 from .options import IdempotencySpec, check_unknown, compile_idempotency, compile_retry, task_signature
@@ -133,11 +134,22 @@ class ReliableTask(Task):
     #: task's queue already holds this many messages.
     max_queue_depth: ClassVar[int | None] = None
 
+    #: Consumer inbox: ``True`` (the message id is the task id, as the outbox publishes
+    #: it), a template over the arguments (``"{event_id}"``) or a callable. The id is
+    #: recorded first in ``self.transaction()``, with the task's name as the consumer; a
+    #: message already recorded rolls the transaction back and ends the task with ``None``
+    #: (event ``task-deduplicated``), so a message delivered twice changes state once.
+    inbox: ClassVar[Any] = None
+
+    #: How long processed message ids are remembered (seconds or timedelta); default 7 days.
+    inbox_ttl: ClassVar[Any] = None
+
     _reliable_spec: ClassVar[IdempotencySpec | None] = None
     _reliable_lock: ClassVar[LockSpec | None] = None
     _reliable_rate: ClassVar[RateSpec | None] = None
     _reliable_breaker: ClassVar[BreakerSpec | None] = None
     _reliable_bulkhead: ClassVar[BulkheadSpec | None] = None
+    _reliable_inbox: ClassVar[InboxSpec | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -151,6 +163,7 @@ class ReliableTask(Task):
         cls._reliable_rate = compile_rate_limit(cls, own, sig)
         cls._reliable_breaker = compile_breaker(cls)
         cls._reliable_bulkhead = compile_bulkhead(cls)
+        cls._reliable_inbox = compile_inbox(cls, sig)
 
     @classmethod
     def bind(cls, app: Any) -> Any:
@@ -248,7 +261,7 @@ class ReliableTask(Task):
             from .deferred.pump import republishing
 
             if not republishing.get():  # a parked task coming back was accepted already
-                check_depth(self, options, runtime(self.app))
+                check_depth(self, args, kwargs, options, runtime(self.app))
         task_id = task_id or celery_uuid()
         delay_ms = _delay_ms(options)
         publish_key: str | None = None
@@ -272,7 +285,7 @@ class ReliableTask(Task):
             if self._reliable_rate is not None and self._reliable_rate.on_publish and delay_ms <= 0:
                 from .rate_guard import shape
 
-                delay_ms, reason = shape(self, args, kwargs, options, runtime(self.app)), "rate-limited"
+                delay_ms, reason = shape(self, args, kwargs, task_id, options, runtime(self.app)), "rate-limited"
                 if delay_ms > 0:
                     return self._park(args, kwargs, task_id, link, link_error, shadow, delay_ms, options, reason)
             if delay_ms > 0 and (delay_ms > cfg.defer_threshold_ms or options.get("retries")):  # any retry wait parks

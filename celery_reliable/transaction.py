@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from . import _failpoints
-from .errors import DuplicateExecution, IdempotencyKeyMismatch, TransactionError
+from .errors import DuplicateExecution, DuplicateMessage, IdempotencyKeyMismatch, TransactionError
 from .execution import Execution, current
 from .idempotency import db_store
 from .runtime import runtime
@@ -38,11 +38,26 @@ def _claim_record(session: Session, ex: Execution) -> None:
     )
 
 
+def _record_inbox(session: Session, ex: Execution) -> None:
+    """Record the message in the consumer's inbox, or roll back and raise for a duplicate."""
+    from . import inbox
+
+    entry = ex.inbox
+    assert entry is not None
+    if inbox.record(session, entry.consumer, entry.message_id, entry.ttl_ms / 1000.0):
+        return
+    session.rollback()
+    ex.inbox_duplicate = True
+    raise DuplicateMessage(entry.consumer, entry.message_id)
+
+
 @contextmanager
 def task_transaction(task: Task, commit_on_exit: bool = False) -> Iterator[Session]:
     """Open a session whose commit also records the idempotency key and the task's result.
 
-    For a task with an idempotency key the record is inserted first, so a concurrent
+    For a task with an idempotency key the record is inserted first (then, for a task
+    with the ``inbox`` option, its message id: a message already processed rolls back and
+    raises :class:`DuplicateMessage`, which ends the task with ``None``), so a concurrent
     duplicate waits on the key's row and then fails cleanly (the session is rolled back
     and :class:`DuplicateExecution` raised; ReliableTask turns it into the stored result).
     The block's end flushes; the commit happens when the task returns, together with the
@@ -82,6 +97,8 @@ def task_transaction(task: Task, commit_on_exit: bool = False) -> Iterator[Sessi
         session.begin()
         if keyed is not None:
             _claim_record(session, keyed)
+        if ex is not None and ex.inbox is not None:
+            _record_inbox(session, ex)
         yield session
         if keyed is not None and not commit_on_exit:
             session.flush()

@@ -53,10 +53,13 @@ app.conf.reliable_redlock_urls = json.loads(
 if env("TEST_BROKER_TRANSPORT"):  # e.g. celery_reliable.redis_transport:Transport
     app.conf.broker_transport = env("TEST_BROKER_TRANSPORT")
 # Bulkhead tiers and breakers of the tasks below (small, so tests fill them quickly).
-app.conf.reliable_bulkheads = {"narrow": 2, "standard": 20}
+app.conf.reliable_bulkheads = {"narrow": 2, "three": 3, "critical": 20, "standard": 20, "optional": 1}
 app.conf.reliable_bulkhead_lease = float(env("TEST_BULKHEAD_LEASE", "30"))
 app.conf.reliable_queue_depth_cache = 0
-app.conf.reliable_circuit_breakers = {"ledger-dep": {"failure_threshold": 3, "recovery_timeout": 1.5}}
+app.conf.reliable_circuit_breakers = {
+    "ledger-dep": {"failure_threshold": 3, "recovery_timeout": 1.5},
+    "ledger-dep-retry": {"failure_threshold": 3, "recovery_timeout": 1.5},
+}
 # A test may inject settings (JSON) to check how workers treat bad configuration.
 app.conf.update(json.loads(env("TEST_EXTRA_SETTINGS", "{}")))
 celery_reliable.install(app)
@@ -394,3 +397,52 @@ def exchange_rate(self: ReliableTask, currency: str) -> dict[str, object]:
     if ledger().exists("rates:down"):
         raise ConnectionError("rates service down")
     return {"currency": currency, "rate": float(ledger().incr(f"rates:{currency}"))}
+
+
+@app.task(base=ReliableTask, bind=True, circuit_breaker="ledger-dep-retry", max_retries=None)
+def retrying_dependency(self: ReliableTask, i: int) -> int:
+    """Celery's own retry pattern inside a breaker: ``self.retry(exc=...)`` every 50 ms."""
+    if ledger().exists("dep:down"):
+        ledger().rpush("dep:retry-calls", i)
+        try:
+            raise ConnectionError("dependency down")
+        except ConnectionError as exc:
+            raise self.retry(exc=exc, countdown=0.05) from exc
+    return i
+
+
+def _interval(self: ReliableTask, ledger_list: str, started_us: int, **extra: object) -> None:
+    seconds, micros = ledger().time()
+    row = {"task_id": self.request.id, "start_us": started_us, "end_us": seconds * 1_000_000 + micros}
+    row.update(pid=os.getpid(), retries=self.request.retries, **extra)
+    ledger().rpush(ledger_list, json.dumps(row))
+
+
+def _now_us() -> int:
+    seconds, micros = ledger().time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
+@app.task(base=ReliableTask, bind=True, bulkhead="three")
+def three(self: ReliableTask, i: int, hold: float = 0.02) -> int:
+    """The 'three' tier: records the interval its body ran in (ledger clock)."""
+    started = _now_us()
+    ledger().rpush("three:started", json.dumps({"i": i, "pid": os.getpid(), "at_us": started}))
+    time.sleep(hold)
+    _interval(self, "three", started, i=i)
+    return i
+
+
+@app.task(base=ReliableTask, bind=True, bulkhead="optional")
+def optional_work(self: ReliableTask, i: int, hold: float = 0.2) -> int:
+    """The optional tier (one at a time): a flood of these must not hold up critical tasks."""
+    time.sleep(hold)
+    ledger().rpush("optional", i)
+    return i
+
+
+@app.task(base=ReliableTask, bind=True, bulkhead="critical")
+def critical_work(self: ReliableTask, i: int, sent_us: int) -> int:
+    """The critical tier: records how long after it was sent its body started."""
+    ledger().rpush("critical", json.dumps({"i": i, "latency_us": _now_us() - sent_us}))
+    return i

@@ -12,9 +12,13 @@ from sqlalchemy.engine import Engine
 
 from celery_reliable.idempotency import db_store
 from celery_reliable.maintenance import (
+    CLEANUP_HTTP_TASK,
+    CLEANUP_INBOX_TASK,
+    CLEANUP_OUTBOX_TASK,
     CLEANUP_TASK,
     PUMP_TASK,
     PURGE_DEAD_LETTERS_TASK,
+    RELAY_OUTBOX_TASK,
     beat_schedule,
     cleanup_idempotency,
     pump_deferred,
@@ -47,7 +51,7 @@ def test_migrate_and_status_commands(clean) -> None:
     report = json.loads(status.stdout)
     assert report["deferred"]["due"] == 1
     assert report["migrations"] == {"current": head_revision(), "head": head_revision()}
-    assert head_revision().startswith("0004")
+    assert head_revision().startswith("0007")
 
 
 def test_cleanup_deletes_only_expired_records(clean, engine: Engine) -> None:
@@ -67,8 +71,17 @@ def test_cleanup_deletes_only_expired_records(clean, engine: Engine) -> None:
 
 def test_beat_entries_and_pump_task(clean) -> None:
     schedule = beat_schedule(app)
-    assert {e["task"] for e in schedule.values()} == {CLEANUP_TASK, PUMP_TASK, PURGE_DEAD_LETTERS_TASK}
-    assert CLEANUP_TASK in app.tasks and PUMP_TASK in app.tasks and PURGE_DEAD_LETTERS_TASK in app.tasks
+    jobs = {
+        CLEANUP_TASK,
+        CLEANUP_INBOX_TASK,
+        CLEANUP_HTTP_TASK,
+        RELAY_OUTBOX_TASK,
+        CLEANUP_OUTBOX_TASK,
+        PUMP_TASK,
+        PURGE_DEAD_LETTERS_TASK,
+    }
+    assert {e["task"] for e in schedule.values()} == jobs
+    assert jobs <= set(app.tasks)
     assert set(schedule) <= set(app.conf.beat_schedule)  # install() merged them
     later.apply_async(("y",), countdown=2)
     deferred = runtime(app).deferred()
