@@ -60,5 +60,10 @@ bench-outbox: $(VENV)/.installed services
 bench-ratelimits: $(VENV)/.installed services
 	$(PY) -m bench.ratelimits
 
+## Circuit breaker calls/s against pybreaker (memory, Redis storage) and bulkhead acquire+release against redis-py Lock.
+.PHONY: bench-guards
+bench-guards: $(VENV)/.installed services
+	$(PY) -m bench.guards
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
