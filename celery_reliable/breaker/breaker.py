@@ -23,7 +23,7 @@ from ..ratelimit.base import check_text
 from ..retries.conditions import ConditionLike
 from ..retries.known import TRANSIENT
 from ..retries.policy import RetryPolicy
-from ..scripts import script_for
+from ..scripts import ScriptCall
 from . import connection
 from .options import _UNSET, BreakerOptions, Outcome, WindowType
 from .signals import announce, logger
@@ -134,6 +134,7 @@ class CircuitBreaker:
             getattr(client, "execute_command", None)
         )
         self._warned_at = float("-inf")
+        self._calls: dict[tuple[str, bool], ScriptCall] = {}
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, {self.options!r})"
@@ -150,7 +151,11 @@ class CircuitBreaker:
         return self.client
 
     def _script(self, name: str, want_async: bool, args: list[str]) -> Any:
-        return script_for(self._redis(want_async), name)(keys=self.keys, args=args)
+        client = self._redis(want_async)
+        found = self._calls.get((name, want_async))
+        if found is None or found.client is not client:  # bound once per client (per process, per loop)
+            found = self._calls[(name, want_async)] = ScriptCall(client, name)
+        return found(len(self.keys), *self.keys, *args)
 
     def _now(self) -> float:
         return self.clock() if self.clock is not None else time.monotonic()

@@ -38,8 +38,8 @@ class Admission:
         size: the bulkhead's size.
         retry_after: 0 when acquired; otherwise the seconds until a slot is likely
             free: the average hold (kept by the releases) divided by the holders, at
-            least 50 ms, and never later than the earliest lease's end (that bound alone
-            when no hold was measured yet). Waiting that long, rather than for a lease
+            least 50 ms, and never later than the earliest lease's end (or than one
+            second while no hold has been measured yet). Waiting that long, rather than for a lease
             to run out, brings a deferred task back about when a release frees a slot,
             so newcomers do not take every freed slot first.
         earliest_expiry: 0 when acquired; otherwise the seconds until the earliest lease

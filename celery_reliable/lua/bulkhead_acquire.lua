@@ -30,9 +30,10 @@ local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local earliest = math.max(1, tonumber(first[2]) - now)
 -- A slot frees when a holder finishes, usually well before its lease runs out: with n
 -- holders of average hold h, the first one finishes in about h / n.
--- A measured average of 0 (holds shorter than a millisecond) is a measurement too.
+-- A measured average of 0 (holds shorter than a millisecond) is a measurement too. With
+-- none yet, a second at most: waiting for the whole lease would idle the slots.
 local hold = redis.call('GET', KEYS[2])
-local likely = earliest
+local likely = math.min(earliest, 1000)
 if hold then
   likely = math.max(1, math.min(earliest, math.floor(tonumber(hold) / n)))
 end
