@@ -36,10 +36,16 @@ class ReliableStep(bootsteps.StartStopStep):
         check_breakers_known(worker.app.tasks, self.config)
         self.pump: Pump | None = None
         self.outbox_listener = _outbox_listener(worker.app)
+        self.metrics = _metrics_server(worker.app, self.config)
         super().__init__(worker, **kwargs)
 
     def start(self, worker: Any) -> None:
         rt = runtime(worker.app)
+        if self.metrics is not None:
+            try:
+                self.metrics.start()
+            except OSError as exc:  # the tasks still run; the log says why nothing is scraped
+                logger.error("celery-reliable: cannot serve metrics on port %d: %r", self.metrics.port, exc)
         if self.config.check_redis:
             for problem in check_redis(rt.redis):
                 logger.warning("celery-reliable: %s", problem)
@@ -62,6 +68,8 @@ class ReliableStep(bootsteps.StartStopStep):
         self.pump.start()
 
     def stop(self, worker: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.outbox_listener is not None:
             self.outbox_listener.stop()
             self.outbox_listener = None
@@ -70,6 +78,20 @@ class ReliableStep(bootsteps.StartStopStep):
             self.pump = None
 
     shutdown = stop
+
+
+def _metrics_server(app: Any, config: Any) -> Any:
+    """The metrics endpoint when ``reliable_metrics_port`` is set, its counters already on (before the fork)."""
+    if config.metrics_port is None:
+        return None
+    from .errors import ConfigurationError
+    from .metrics.server import MetricsServer
+
+    if config.metrics_port > 65535:
+        raise ConfigurationError("reliable_metrics_port", f"expected a TCP port, got {config.metrics_port}")
+    server = MetricsServer(app, config.metrics_port, config.metrics_addr)
+    server.prepare()
+    return server
 
 
 def _outbox_listener(app: Any) -> Any:

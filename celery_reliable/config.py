@@ -58,6 +58,8 @@ class ReliableConfig:
     dead_letter_batch: int
     send_events: bool
     check_redis: bool
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
 
 
 def as_seconds(name: str, value: Any) -> float:
@@ -214,6 +216,8 @@ def parse(app: Celery) -> ReliableConfig:
         dead_letter_batch=values["reliable_dead_letter_batch"],
         send_events=send_events,
         check_redis=values["reliable_check_redis"],
+        metrics_port=values["reliable_metrics_port"],
+        metrics_addr=values["reliable_metrics_addr"],
     )
 
 

@@ -247,6 +247,19 @@ SETTINGS: tuple[Setting, ...] = (
         True,
         "At worker start, warn when Redis' eviction policy could drop our keys.",
     ),
+    Setting(
+        "reliable_metrics_port",
+        "optional_int",
+        None,
+        "Serve Prometheus metrics from every worker (its parent process) on this port. None: no endpoint. "
+        "Needs prometheus_client (pip install 'celery-reliable[metrics]').",
+    ),
+    Setting(
+        "reliable_metrics_addr",
+        "str",
+        "127.0.0.1",
+        "Address the metrics endpoint listens on; '0.0.0.0' lets Prometheus on other hosts scrape it.",
+    ),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .metrics.counters import count
+
 if TYPE_CHECKING:
     from celery import Task
 
@@ -25,12 +27,13 @@ EVENT_TYPES = (
 
 
 def emit(task: Task, type_: str, enabled: bool, **fields: Any) -> None:
-    """Log a decision and, when ``enabled``, send it as a Celery event.
+    """Log a decision, count it (when metrics are on) and, when ``enabled``, send it as a Celery event.
 
     Sending never breaks the task: a failure to publish the event is logged.
     """
     req = task.request
     logger.info("%s %s[%s] %s", type_, task.name, req.id, " ".join(f"{k}={v}" for k, v in fields.items()))
+    count(task.name, type_, fields)
     if not enabled:
         return
     try:

@@ -105,7 +105,10 @@ def test_relay_killed_after_publishing_before_marking_publishes_again_effect_onc
 
 @pytest.mark.parametrize(
     "rows",
-    [pytest.param(3_000, id="3k"), pytest.param(100_000, id="100k", marks=pytest.mark.soak)],
+    [
+        pytest.param(3_000, id="3k"),
+        pytest.param(100_000, id="100k", marks=[pytest.mark.soak, pytest.mark.timeout(3600)]),
+    ],
 )
 def test_three_relays_killed_now_and_then_lose_nothing_and_keep_key_order(
     db: Engine, run: str, tmp_path: Path, rows: int

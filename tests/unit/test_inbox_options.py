@@ -19,7 +19,7 @@ def app() -> Celery:
 
 
 def test_inbox_true_uses_the_task_id(app: Celery) -> None:
-    @app.task(base=ReliableTask, bind=True, inbox=True)
+    @app.task(shared=False, base=ReliableTask, bind=True, inbox=True)
     def consume(self, payload):
         return None
 
@@ -29,7 +29,7 @@ def test_inbox_true_uses_the_task_id(app: Celery) -> None:
 
 
 def test_inbox_template_and_ttl(app: Celery) -> None:
-    @app.task(base=ReliableTask, bind=True, inbox="evt:{event[id]}", inbox_ttl=timedelta(hours=1))
+    @app.task(shared=False, base=ReliableTask, bind=True, inbox="evt:{event[id]}", inbox_ttl=timedelta(hours=1))
     def consume(self, event):
         return None
 
@@ -38,7 +38,7 @@ def test_inbox_template_and_ttl(app: Celery) -> None:
 
 
 def test_inbox_off_by_default(app: Celery) -> None:
-    @app.task(base=ReliableTask)
+    @app.task(shared=False, base=ReliableTask)
     def plain():
         return None
 
@@ -57,7 +57,7 @@ def test_inbox_off_by_default(app: Celery) -> None:
 def test_wrong_inbox_options_fail_at_declaration(app: Celery, options: dict, name: str) -> None:
     with pytest.raises(ConfigurationError) as info:
 
-        @app.task(base=ReliableTask, **options)
+        @app.task(shared=False, base=ReliableTask, **options)
         def consume(event_id):
             return None
 

@@ -21,7 +21,7 @@ def test_public_surface_is_sorted_and_complete() -> None:
 
 
 def test_template_over_positional_and_keyword_arguments(app: Celery) -> None:
-    @app.task(base=ReliableTask, bind=True, idempotency_key="charge:{order_id}:{amount}")
+    @app.task(shared=False, base=ReliableTask, bind=True, idempotency_key="charge:{order_id}:{amount}")
     def charge(self, order_id, amount=5):
         return None
 
@@ -31,7 +31,7 @@ def test_template_over_positional_and_keyword_arguments(app: Celery) -> None:
 
 
 def test_template_with_item_access_and_namespace(app: Celery) -> None:
-    @app.task(base=ReliableTask, idempotency_key="{order[id]}", idempotency_namespace="tenant-{tenant}")
+    @app.task(shared=False, base=ReliableTask, idempotency_key="{order[id]}", idempotency_namespace="tenant-{tenant}")
     def ship(order, tenant):
         return None
 
@@ -39,7 +39,7 @@ def test_template_with_item_access_and_namespace(app: Celery) -> None:
 
 
 def test_true_hashes_all_arguments_deterministically(app: Celery) -> None:
-    @app.task(base=ReliableTask, idempotency_key=True)
+    @app.task(shared=False, base=ReliableTask, idempotency_key=True)
     def f(a, b):
         return None
 
@@ -50,13 +50,13 @@ def test_true_hashes_all_arguments_deterministically(app: Celery) -> None:
 
 
 def test_callable_key_and_its_errors(app: Celery) -> None:
-    @app.task(base=ReliableTask, idempotency_key=lambda user, n: f"{user}/{n}")
+    @app.task(shared=False, base=ReliableTask, idempotency_key=lambda user, n: f"{user}/{n}")
     def g(user, n):
         return None
 
     assert g._reliable_spec.scoped(g.name, ("u", 3), {}).endswith("|u/3")
 
-    @app.task(base=ReliableTask, idempotency_key=lambda n: None)
+    @app.task(shared=False, base=ReliableTask, idempotency_key=lambda n: None)
     def h(n):
         return None
 
@@ -67,7 +67,7 @@ def test_callable_key_and_its_errors(app: Celery) -> None:
 def test_template_naming_an_unknown_argument_fails_at_declaration(app: Celery) -> None:
     with pytest.raises(ConfigurationError, match=r"names 'order'.*its arguments: order_id, amount"):
 
-        @app.task(base=ReliableTask, idempotency_key="charge:{order}")
+        @app.task(shared=False, base=ReliableTask, idempotency_key="charge:{order}")
         def charge(order_id, amount):
             return None
 
@@ -77,7 +77,7 @@ def test_template_naming_an_unknown_argument_fails_at_declaration(app: Celery) -
 def test_positional_template_fields_are_refused(app: Celery) -> None:
     with pytest.raises(ConfigurationError, match="not positions"):
 
-        @app.task(base=ReliableTask, idempotency_key="charge:{0}")
+        @app.task(shared=False, base=ReliableTask, idempotency_key="charge:{0}")
         def charge(order_id):
             return None
 
@@ -87,7 +87,7 @@ def test_positional_template_fields_are_refused(app: Celery) -> None:
 def test_unknown_option_fails_with_a_suggestion(app: Celery) -> None:
     with pytest.raises(UnknownOptionError, match="did you mean 'idempotency_key'"):
 
-        @app.task(base=ReliableTask, idempotensy_key="x")
+        @app.task(shared=False, base=ReliableTask, idempotensy_key="x")
         def f():
             return None
 
@@ -95,7 +95,9 @@ def test_unknown_option_fails_with_a_suggestion(app: Celery) -> None:
 
 
 def test_celery_options_and_decorator_options_are_accepted(app: Celery) -> None:
-    @app.task(base=ReliableTask, acks_late=True, max_retries=2, autoretry_for=(KeyError,), retry_backoff=True)
+    @app.task(
+        shared=False, base=ReliableTask, acks_late=True, max_retries=2, autoretry_for=(KeyError,), retry_backoff=True
+    )
     def f():
         return None
 
@@ -105,28 +107,28 @@ def test_celery_options_and_decorator_options_are_accepted(app: Celery) -> None:
 def test_wrong_option_values_and_clashes(app: Celery) -> None:
     with pytest.raises(ConfigurationError, match="idempotency_key: expected"):
 
-        @app.task(base=ReliableTask, idempotency_key=42)
+        @app.task(shared=False, base=ReliableTask, idempotency_key=42)
         def a():
             return None
 
         a.name  # noqa: B018
     with pytest.raises(ConfigurationError, match=r"idempotency_ttl.*clashes"):
 
-        @app.task(base=ReliableTask, idempotency_key=Idempotency("k"), idempotency_ttl=5)
+        @app.task(shared=False, base=ReliableTask, idempotency_key=Idempotency("k"), idempotency_ttl=5)
         def b():
             return None
 
         b.name  # noqa: B018
     with pytest.raises(ConfigurationError, match="idempotency_on_publish: expected True or False"):
 
-        @app.task(base=ReliableTask, idempotency_key="k", idempotency_on_publish="yes")
+        @app.task(shared=False, base=ReliableTask, idempotency_key="k", idempotency_on_publish="yes")
         def c():
             return None
 
         c.name  # noqa: B018
     with pytest.raises(ConfigurationError, match="at least one second"):
 
-        @app.task(base=ReliableTask, idempotency_key="k", idempotency_ttl=0.5)
+        @app.task(shared=False, base=ReliableTask, idempotency_key="k", idempotency_ttl=0.5)
         def d():
             return None
 
@@ -134,7 +136,7 @@ def test_wrong_option_values_and_clashes(app: Celery) -> None:
 
 
 def test_no_options_compiles_to_nothing(app: Celery) -> None:
-    @app.task(base=ReliableTask)
+    @app.task(shared=False, base=ReliableTask)
     def plain(x):
         return x
 
@@ -161,7 +163,7 @@ def test_keys_are_scoped_by_task_and_namespace() -> None:
 def test_reliable_task_without_install_still_gets_the_worker_step(app: Celery) -> None:
     from celery_reliable.bootstep import ReliableStep
 
-    @app.task(base=ReliableTask)
+    @app.task(shared=False, base=ReliableTask)
     def plain(x):
         return x
 

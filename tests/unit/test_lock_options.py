@@ -22,7 +22,7 @@ _names = itertools.count()
 
 
 def declare(app: Celery, **options: Any) -> Any:
-    @app.task(base=ReliableTask, name=f"reports.report{next(_names)}", **options)
+    @app.task(shared=False, base=ReliableTask, name=f"reports.report{next(_names)}", **options)
     def report(day: str, region: str = "eu") -> None:
         return None
 

@@ -23,7 +23,7 @@ _names = itertools.count()
 
 
 def declare(app: Celery, **options: Any) -> Any:
-    @app.task(base=ReliableTask, name=f"api.call{next(_names)}", **options)
+    @app.task(shared=False, base=ReliableTask, name=f"api.call{next(_names)}", **options)
     def call(tenant_id: str, plan: str = "free", weight: int = 1) -> None:
         return None
 
