@@ -106,7 +106,7 @@ def test_relay_killed_after_publishing_before_marking_publishes_again_effect_onc
 @pytest.mark.parametrize(
     "rows",
     [
-        pytest.param(3_000, id="3k"),
+        pytest.param(2_000, id="2k"),
         pytest.param(100_000, id="100k", marks=[pytest.mark.soak, pytest.mark.timeout(3600)]),
     ],
 )
@@ -150,8 +150,12 @@ def test_three_relays_killed_now_and_then_lose_nothing_and_keep_key_order(
         for t in writers:
             t.start()
 
+        # Dense kills on the short run, so some land between publishing and marking; on the
+        # soak a relay lives long enough to drain batches (they restart in about 2 s).
+        pause = (0.3, 1.0) if rows <= 10_000 else (3.0, 8.0)
+        deadline = max(600.0, rows / 50)
         while True:
-            time.sleep(rng.uniform(0.3, 1.0))
+            time.sleep(rng.uniform(*pause))
             if not writers_done.is_set() and not any(t.is_alive() for t in writers):
                 writers_done.set()
                 print(f"written in {time.monotonic() - started:.1f}s")
@@ -165,10 +169,10 @@ def test_three_relays_killed_now_and_then_lose_nothing_and_keep_key_order(
             kills += 1
             relays[victim] = spawn_relay(queue, tmp_path / f"relay{victim}.log", hold)
             born[victim] = time.monotonic()
-            assert time.monotonic() - started < 600, states(db)
+            assert time.monotonic() - started < deadline, states(db)
         assert not failures, failures
         print(f"published in {time.monotonic() - started:.1f}s")
-        wait_until(lambda: len(effects(db, run)) == rows, 300, interval=0.5, what="every effect")
+        wait_until(lambda: len(effects(db, run)) == rows, max(300.0, rows / 50), interval=0.5, what="every effect")
         time.sleep(1.0)  # any late duplicate still on its way
     finally:
         for proc in relays:

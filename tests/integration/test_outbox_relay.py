@@ -229,12 +229,14 @@ def test_discarding_a_dead_row_lets_its_key_go_on(db: Engine, queue: str) -> Non
 
 
 def test_an_unregistered_task_name_is_retried_then_parked_dead(db: Engine, queue: str) -> None:
-    app = make_app(reliable_outbox_max_attempts=2, reliable_outbox_retry_base=0.05)
+    # A backoff of 0.5-1 s (equal jitter on a 1 s base): the retry is not due again within
+    # the first run, however slowly its rounds go on a loaded machine.
+    app = make_app(reliable_outbox_max_attempts=2, reliable_outbox_retry_base=1.0)
     with Session(db) as session, session.begin():
         unknown = enqueue(session, "nobody.knows.this", [1], queue=queue, app=app)
         known = enqueue(session, TASK, ["r", None, 1], queue=queue)
     assert relay_outbox(app) == {"published": 1, "retried": 1, "dead": 0, "rounds": 2, "broker_unavailable": 0}
-    wait_until(lambda: relay_outbox(app)["dead"] == 1, 5, what="the unknown task to die")
+    wait_until(lambda: relay_outbox(app)["dead"] == 1, 15, interval=0.2, what="the unknown task to die")
     row = _row(db, unknown)
     assert row.state == DEAD and row.attempts == 2 and "NotRegistered" in row.last_error
     assert [m["id"] for m in broker_messages(queue)] == [known]
