@@ -166,9 +166,12 @@ def run(
     limit_s = cfg.run_limit_ms / 1000.0 if run_limit is None else run_limit
     send = publisher or partial(publish_message, app, require_registered=cfg.require_registered)
     deadline = time.monotonic() + limit_s
+    # A run claims only rows that were due when it started: it never comes back, however
+    # slowly its rounds go, to a row it failed itself (its backoff is the next run's).
+    due_by = datetime.now(timezone.utc)
     while True:
         stats.rounds += 1
-        claimed = _round(app, engine, cfg, send, size, stats)
+        claimed = _round(app, engine, cfg, send, size, stats, due_by)
         if not claimed or stats.broker_unavailable or time.monotonic() >= deadline:
             return stats
 
@@ -241,11 +244,13 @@ def _decode(row: Row[Any]) -> OutboxMessage:
     )
 
 
-def _round(app: Celery, engine: Engine, cfg: OutboxConfig, send: Publisher, size: int, stats: RelayStats) -> int:
+def _round(
+    app: Celery, engine: Engine, cfg: OutboxConfig, send: Publisher, size: int, stats: RelayStats, due_by: datetime
+) -> int:
     """One claim-publish-mark transaction; returns how many rows it claimed."""
     now = datetime.now(timezone.utc)
     with engine.begin() as conn:
-        rows = _claim(conn, size, now)
+        rows = _claim(conn, size, min(now, due_by))
         if not rows:
             return 0
         with app.producer_or_acquire() as producer:
