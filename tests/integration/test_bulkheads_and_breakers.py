@@ -159,8 +159,8 @@ def test_a_sigkilled_holders_slot_returns_within_its_lease(workers, ledger: redi
     lease = 3.0
     w = workers("w1", {"TEST_BULKHEAD_LEASE": str(lease)}, concurrency=4)
     victims = [three.delay(i, 8.0) for i in range(3)]  # hold all three slots
-    waiting = three.delay(99, 0.0)  # parked: the bulkhead is full
     wait_until(lambda: ledger.llen("three:started") == 3, 40, what="three bodies holding the slots")
+    waiting = three.delay(99, 0.0)  # sent only now, so it finds the bulkhead full and is parked
     victim = json.loads(ledger.lindex("three:started", 0))
     assert victim["pid"] in w.children()
     killed_at = time.monotonic()
