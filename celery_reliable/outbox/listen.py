@@ -66,8 +66,9 @@ class OutboxListener:
         self._poll = cfg.poll_interval_ms / 1000.0 if poll_interval is None else poll_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Relay runs so far, and how many of them a notification caused.
+        #: Relay runs started so far, runs finished, and how many runs a notification caused.
         self.runs = 0
+        self.finished = 0
         self.woken = 0
         #: Set once the connection LISTENs (for tests and start-up ordering).
         self.listening = threading.Event()
@@ -125,3 +126,5 @@ class OutboxListener:
             self._relay()
         except Exception:
             logger.exception("celery-reliable: outbox relay run failed")
+        finally:
+            self.finished += 1

@@ -310,7 +310,7 @@ def test_listen_mode_relays_on_commit_not_on_the_poll(db: Engine, queue: str) ->
     listener = OutboxListener(app, poll_interval=60).start()
     try:
         assert listener.listening.wait(10)
-        wait_until(lambda: listener.runs >= 1, 5)  # the catch-up run after LISTEN
+        wait_until(lambda: listener.finished >= 1, 5)  # the catch-up run after LISTEN is over
         with Session(db) as session, session.begin():
             enqueue(session, TASK, ["r", None, 0], queue=queue, notify=False)
         time.sleep(0.5)
