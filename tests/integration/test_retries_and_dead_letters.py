@@ -57,10 +57,12 @@ def test_backoff_schedule_is_really_waited(workers, ledger, engine: Engine) -> N
     assert (task_id, name, reason, n) == (r.id, backoff_schedule.name, "exhausted", 4)
 
 
-def test_retryable_failures_make_five_attempts_and_one_letter_each(workers, ledger, engine: Engine) -> None:
+@pytest.mark.parametrize(
+    "count", [pytest.param(300, id="300"), pytest.param(1000, id="1000", marks=pytest.mark.soak)]
+)
+def test_retryable_failures_make_five_attempts_and_one_letter_each(workers, ledger, engine: Engine, count: int) -> None:
     workers("w1", {}, concurrency=2)
     workers("w2", {}, concurrency=2)
-    count = 1000
     results = [dependency_down.delay(i) for i in range(count)]
     settle(results)
     for i in range(count):
