@@ -10,7 +10,9 @@ What the ledger must show:
 - no call was admitted while the breaker was OPEN; the only calls that reach the
   dependency while it is OPEN were admitted before it opened (in flight, at most one per
   other process);
-- each HALF_OPEN let at most ``half_open_max_calls`` probes through, fleet-wide;
+- each HALF_OPEN let exactly ``half_open_max_calls`` probes through, fleet-wide: the dead
+  dependency answers after a timeout (as a real one does), so every HALF_OPEN sees the
+  whole fleet asking while its first probe is out, and no more permits than that go out;
 - once the dependency is back, the breaker closes and every process succeeds.
 """
 
@@ -35,6 +37,8 @@ PROCESSES = 8
 PROBES = 2
 RECOVERY = 0.3
 LEDGER, FLAG, PHASE, RESULTS = "fleet:ledger", "fleet:down", "fleet:phase", "fleet:results"
+#: Seconds a call to the dead dependency takes to fail (its client's timeout).
+DOWN_TIMEOUT = 0.1
 #: Successes each process needs after the dependency is back.
 SUCCESSES_AFTER = 5
 
@@ -70,6 +74,7 @@ def caller(index: int) -> None:
                 stats["calls"] += 1
                 tag = f"{index}:{permit.state.value}:{permit.generation}"
                 if dependency(keys=[b.keys[0], LEDGER, FLAG], args=[tag]):
+                    time.sleep(DOWN_TIMEOUT)
                     raise ConnectionError("dependency down")
             stats["successes"] += 1
             if phase == b"recovered":
@@ -136,9 +141,9 @@ def test_eight_processes_nothing_reaches_the_dependency_while_open(client: redis
     assert len(probes) >= 2, f"expected several HALF_OPEN episodes, got {dict(probes)}"
     assert sum(r.get("refused", 0) for r in results.values()) > 50
     assert sum(r.get("failures", 0) for r in results.values()) >= 5
-    # no permit while OPEN; at most PROBES probes per HALF_OPEN; a few calls in flight at a trip
+    # no permit while OPEN; exactly PROBES probes per HALF_OPEN; a few calls in flight at a trip
     assert admitted_in.keys() <= {State.CLOSED.value, State.HALF_OPEN.value}
-    assert max(probes.values()) <= PROBES, dict(probes)
+    assert set(probes.values()) == {PROBES}, dict(probes)
     assert all(n <= PROCESSES - 1 for n in in_flight_while_open.values()), dict(in_flight_while_open)
     # it recovered: closed, and every process succeeded again
     assert breaker().state().state is State.CLOSED
