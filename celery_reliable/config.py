@@ -60,6 +60,7 @@ class ReliableConfig:
     check_redis: bool
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
+    log_json: bool = False
 
 
 def as_seconds(name: str, value: Any) -> float:
@@ -218,6 +219,7 @@ def parse(app: Celery) -> ReliableConfig:
         check_redis=values["reliable_check_redis"],
         metrics_port=values["reliable_metrics_port"],
         metrics_addr=values["reliable_metrics_addr"],
+        log_json=values["reliable_log_json"],
     )
 
 

@@ -242,6 +242,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Unset: follow worker_send_task_events (celery worker -E).",
     ),
     Setting(
+        "reliable_log_json",
+        "bool",
+        False,
+        "Render the logs of workers and beat as one JSON object per line (celery_reliable.logs.JsonFormatter), "
+        "with each decision's task id, idempotency key and fields. Set on the handlers Celery creates at start; "
+        "with your own logging configuration, use the formatter there instead.",
+    ),
+    Setting(
         "reliable_check_redis",
         "bool",
         True,

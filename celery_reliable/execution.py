@@ -28,6 +28,7 @@ from .heartbeat import Lease, heartbeat
 from .idempotency import db_store
 from .idempotency.records import COMMITTED, COMPLETED, Record
 from .jsoncodec import dumps, fingerprint
+from .logs import log_decision
 from .runtime import Runtime, runtime
 
 if TYPE_CHECKING:
@@ -137,14 +138,16 @@ def replay(task: Task, rt: Runtime, scoped: str, fp: str, record: Record) -> Any
     """Return a stored result for a duplicate, after checking the arguments match."""
     if record.fingerprint != fp:
         raise IdempotencyKeyMismatch(scoped, record.fingerprint, fp)
-    if record.state == COMMITTED:
-        logger.warning(
-            "%s[%s]: key %r committed its effects but its result was not stored; returning None",
-            task.name,
-            task.request.id,
-            scoped,
-        )
-    emit(task, "task-deduplicated", rt.config.send_events, key=scoped, original_task_id=record.task_id)
+    lost_result = record.state == COMMITTED
+    emit(
+        task,
+        "task-deduplicated",
+        rt.config.send_events,
+        log_level=logging.WARNING if lost_result else logging.INFO,
+        log_note="the key committed its effects but its result was not stored; returning None" if lost_result else "",
+        key=scoped,
+        original_task_id=record.task_id,
+    )
     return record.result
 
 
@@ -301,6 +304,7 @@ def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str
             idem.release(scoped, owner)
             return replay(task, rt, scoped, fp, stored)
 
+    log_decision(task, "claimed", {"key": scoped, "lease_ms": cfg.claim_lease_ms})
     _, claim_key, _ = idem.keys(scoped)
     renew = partial(idem.renew, claim_key, owner, cfg.claim_lease_ms)
     lease = heartbeat().add(Lease(scoped, cfg.claim_lease_ms, renew))
@@ -352,6 +356,8 @@ def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str
             idem.release(scoped, owner)
             raise
         idem.complete(scoped, owner, record, ttl_ms)
+        if record.task_id == req.id:  # otherwise the replay below logs it as deduplicated
+            log_decision(task, "completed", {"key": scoped, "state": record.state})
         _failpoints.hit("before_ack", req.id, cfg.redis_url)
         if record.task_id != req.id:  # another execution got there first (Redis had lost the claim)
             return replay(task, rt, scoped, fp, record)
@@ -366,11 +372,12 @@ def _inbox_duplicate(task: Task, ex: Execution) -> None:
     """End an execution whose message the inbox already holds (its transaction rolled back)."""
     assert ex.inbox is not None
     rt = runtime(task.app)
-    logger.info(
-        "%s[%s]: message %r was already processed by this consumer; rolled back, nothing done",
-        task.name,
-        ex.task_id,
-        ex.inbox.message_id,
+    emit(
+        task,
+        "task-deduplicated",
+        rt.config.send_events,
+        log_note="already processed by this consumer; rolled back, nothing done",
+        reason="inbox",
+        message_id=ex.inbox.message_id,
     )
-    emit(task, "task-deduplicated", rt.config.send_events, reason="inbox", message_id=ex.inbox.message_id)
     return None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .deadletter import DeadLetter, DeadLetterStore, dedup_key_for, exception_fields, history_entry
 from .events import emit
 from .jsoncodec import dumps
+from .logs import log_decision
 
 if TYPE_CHECKING:
     from celery import Task
@@ -64,6 +65,12 @@ def on_failure(
         dead_letter(task, req, args, kwargs, exc, rt, "budget", attempt, past)
         return
     if decision.should_retry:
+        log_decision(
+            task,
+            "retried",
+            {"attempt": attempt, "max_attempts": policy.max_attempts, "delay_ms": decision.delay_ms},
+            note=f"{type(exc).__name__} is {decision.reason}",
+        )
         raise task.retry(
             exc=exc, countdown=decision.delay, max_retries=policy.max_attempts, headers={HISTORY_HEADER: past}
         )
@@ -111,19 +118,28 @@ def dead_letter(
         exception_message=fields["exception_message"],
         traceback=fields["traceback"],
     )
-    if not rt.has_database:
-        logger.error(
-            "%s[%s] dead letter (%s), no reliable_database_url to store it in: %s",
-            task.name,
-            req.id,
-            reason,
-            dumps({"args": letter.args, "kwargs": letter.kwargs, "error": letter.exception_message}, where="letter"),
+    if not rt.has_database:  # the letter in full in the log, the only place left to keep it
+        log_decision(
+            task,
+            "dead-lettered",
+            {"reason": reason, "attempts": attempts, "stored": "log-only"},
+            level=logging.ERROR,
+            note="no reliable_database_url to store it in: "
+            + dumps({"args": letter.args, "kwargs": letter.kwargs, "error": letter.exception_message}, where="letter"),
         )
         return
     letter_id, created = DeadLetterStore(rt.engine()).add(letter)
-    emit(task, "task-dead-lettered", rt.config.send_events, reason=reason, letter_id=letter_id, attempts=attempts)
-    if created:
-        logger.error("%s[%s] dead-lettered as %s (letter %d): %s %s", task.name, req.id, reason, letter_id, exc, detail)
+    emit(
+        task,
+        "task-dead-lettered",
+        rt.config.send_events,
+        log_level=logging.ERROR if created else logging.INFO,  # a repeat finds its letter stored already
+        log_note=f"{type(exc).__name__}: {str(exc)[:_MESSAGE_CHARS]}" + (f" ({detail})" if detail else ""),
+        log_fields={"stored": "new" if created else "already"},
+        reason=reason,
+        letter_id=letter_id,
+        attempts=attempts,
+    )
 
 
 def _fits(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

@@ -13,13 +13,15 @@ if TYPE_CHECKING:
 
 
 def install_worker_step(app: Celery) -> None:
-    """Register the settings' defaults and the worker bootstep (idempotent)."""
+    """Register the settings' defaults, the worker bootstep and the JSON log switch (idempotent)."""
     if app.__dict__.get("_celery_reliable_step"):
         return
     from .bootstep import ReliableStep
+    from .logs import connect as connect_logs
     from .malformed import MalformedMessages
 
     app.add_defaults({s.name: s.default for s in SETTINGS})
+    connect_logs(app)  # reliable_log_json: JSON logs once the worker or beat sets up logging
     app.steps["worker"].add(ReliableStep)
     app.steps["consumer"].add(MalformedMessages)
     signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celery_reliable.lock_on_revoked")

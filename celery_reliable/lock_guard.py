@@ -64,15 +64,16 @@ def give_back(task: Task, rt: Runtime, lock: Any) -> None:
         logger.warning("%s[%s]: could not release lock %r: %r", task.name, task.request.id, lock.name, exc)
         return
     if not released:
-        logger.warning(
-            "%s[%s]: lock %r was lost while the body ran (its lease ran out or Redis lost it); another "
-            "execution may have overlapped, and writes fenced with token %s are refused after the takeover",
-            task.name,
-            task.request.id,
-            lock.name,
-            task.request.get("fencing_token"),
+        emit(
+            task,
+            "task-lock-lost",
+            rt.config.send_events,
+            log_level=logging.WARNING,
+            log_note="the lock was lost while the body ran (its lease ran out or Redis lost it); another execution "
+            "may have overlapped, and writes fenced with its token are refused after the takeover",
+            log_fields={"fencing_token": task.request.get("fencing_token")},
+            lock=lock.name,
         )
-        emit(task, "task-lock-lost", rt.config.send_events, lock=lock.name)
     elif getattr(lock, "had_waiters", False):
         try:
             rt.deferred().wake(lock.key)

@@ -17,6 +17,7 @@ from typing import Any
 from celery import bootsteps
 
 from .deadletter import DeadLetter, DeadLetterStore, dedup_key_for
+from .logs import log_decision_for
 
 logger = logging.getLogger("celery_reliable")
 
@@ -81,5 +82,13 @@ def store(app: Any, letter: DeadLetter) -> bool:
         logger.error("could not dead-letter a %s message, leaving it unacknowledged: %r", letter.reason, exc)
         return False
     if created:
-        logger.error("dead-lettered a message as %s (letter %d, task %s)", letter.reason, letter_id, letter.task_name)
+        log_decision_for(
+            letter.task_name,
+            letter.task_id,
+            "dead-lettered",
+            None,
+            {"reason": letter.reason, "letter_id": letter_id, "queue": letter.queue},
+            level=logging.ERROR,
+            note="a message the worker cannot run",
+        )
     return True

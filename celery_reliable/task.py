@@ -322,6 +322,12 @@ class ReliableTask(Task):
         deferred = rt.deferred()
         entry = deferred.entry(dict(sig), reason=reason)
         deferred.park(entry, delay_ms)
+        if reason != "retry":  # a retry is logged by the retry policy (or by Celery for self.retry)
+            from .logs import log_decision_for
+
+            spec = self._reliable_spec
+            key = None if spec is None else spec.scoped(self.name, tuple(args or ()), dict(kwargs or {}))
+            log_decision_for(self.name, task_id, "deferred", key, {"reason": reason, "delay_ms": delay_ms})
         return self.AsyncResult(task_id)
 
 
