@@ -92,6 +92,30 @@ def compile_bulkhead(cls: type) -> BulkheadSpec | None:
     raise ConfigurationError("bulkhead", f"expected a tier name of reliable_bulkheads or a Bulkhead(...), got {got}")
 
 
+def check_tier_declared(task_name: str, spec: BulkheadSpec | None, app: Any) -> None:
+    """Check, when a task is bound to ``app``, that its bulkhead tier is one of the app's tiers.
+
+    Celery binds a task when the app is finalized, after its configuration is read; the
+    tiers are ``reliable_bulkheads`` as the app has them then (the defaults when unset).
+    A mapping that is not valid is left to the worker-start check, which names it.
+
+    Raises:
+        ConfigurationError: naming the task, its tier and the tiers there are.
+    """
+    if spec is None or spec.tier is None:
+        return
+    tiers = app.conf.get("reliable_bulkheads")
+    if tiers is None:
+        from .bulkhead.tiers import DEFAULT_TIERS
+
+        tiers = DEFAULT_TIERS
+    if isinstance(tiers, Mapping) and spec.tier not in tiers:
+        raise ConfigurationError(
+            "bulkhead", f"task {task_name} uses bulkhead={spec.tier!r}, which reliable_bulkheads does not list; "
+            f"the tiers are {sorted(tiers)}"
+        )
+
+
 def check_tiers_known(tasks: Mapping[str, Any], cfg: ReliableConfig) -> None:
     """Check, at worker start, that every task's bulkhead tier is in ``reliable_bulkheads``.
 

@@ -167,11 +167,16 @@ class ReliableTask(Task):
 
     @classmethod
     def bind(cls, app: Any) -> Any:
-        """Bind to ``app`` and make sure the app's workers run the deferred-set pump."""
+        """Bind to ``app``, make sure the app's workers run the deferred-set pump, check the bulkhead tier."""
         from .install import install_worker_step
 
         install_worker_step(app)
-        return super().bind(app)
+        bound = super().bind(app)
+        if cls._reliable_bulkhead is not None:
+            from .bulkhead_guard import check_tier_declared
+
+            check_tier_declared(cls.name, cls._reliable_bulkhead, app)
+        return bound
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         req = self.request_stack.top
