@@ -92,27 +92,22 @@ def compile_bulkhead(cls: type) -> BulkheadSpec | None:
     raise ConfigurationError("bulkhead", f"expected a tier name of reliable_bulkheads or a Bulkhead(...), got {got}")
 
 
-def check_tier_declared(task_name: str, spec: BulkheadSpec | None, app: Any) -> None:
-    """Check, when a task is bound to ``app``, that its bulkhead tier is one of the app's tiers.
+def check_tier_known(task_name: str, spec: BulkheadSpec, cfg: ReliableConfig) -> None:
+    """Check, when a task is sent, that its bulkhead tier is one of its app's tiers.
 
-    Celery binds a task when the app is finalized, after its configuration is read; the
-    tiers are ``reliable_bulkheads`` as the app has them then (the defaults when unset).
-    A mapping that is not valid is left to the worker-start check, which names it.
+    Not when the task is declared: Celery binds a shared task to every app that is
+    finalized, and an app that merely imports it need not have its tiers. Workers check
+    every task at start (:func:`check_tiers_known`); a producer learns here, before the
+    message leaves.
 
     Raises:
         ConfigurationError: naming the task, its tier and the tiers there are.
     """
-    if spec is None or spec.tier is None:
-        return
-    tiers = app.conf.get("reliable_bulkheads")
-    if tiers is None:
-        from .bulkhead.tiers import DEFAULT_TIERS
-
-        tiers = DEFAULT_TIERS
-    if isinstance(tiers, Mapping) and spec.tier not in tiers:
+    if spec.tier is not None and spec.tier not in cfg.bulkheads:
         raise ConfigurationError(
-            "bulkhead", f"task {task_name} uses bulkhead={spec.tier!r}, which reliable_bulkheads does not list; "
-            f"the tiers are {sorted(tiers)}"
+            "bulkhead",
+            f"task {task_name} uses bulkhead={spec.tier!r}, which reliable_bulkheads does not list; "
+            f"the tiers are {sorted(cfg.bulkheads)}",
         )
 
 

@@ -167,16 +167,11 @@ class ReliableTask(Task):
 
     @classmethod
     def bind(cls, app: Any) -> Any:
-        """Bind to ``app``, make sure the app's workers run the deferred-set pump, check the bulkhead tier."""
+        """Bind to ``app`` and make sure the app's workers run the deferred-set pump."""
         from .install import install_worker_step
 
         install_worker_step(app)
-        bound = super().bind(app)
-        if cls._reliable_bulkhead is not None:
-            from .bulkhead_guard import check_tier_declared
-
-            check_tier_declared(cls.name, cls._reliable_bulkhead, app)
-        return bound
+        return super().bind(app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         req = self.request_stack.top
@@ -262,8 +257,10 @@ class ReliableTask(Task):
 
         cfg = get_config(self.app)
         if self._reliable_bulkhead is not None and not options.get("retries"):
-            from .bulkhead_guard import check_depth
+            from .bulkhead_guard import check_depth, check_tier_known
             from .deferred.pump import republishing
+
+            check_tier_known(self.name, self._reliable_bulkhead, cfg)
 
             if not republishing.get():  # a parked task coming back was accepted already
                 check_depth(self, args, kwargs, options, runtime(self.app))

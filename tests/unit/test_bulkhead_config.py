@@ -213,34 +213,22 @@ def test_error_attributes_and_the_drawn_tree() -> None:
     assert "BulkheadFull" in errors.__doc__ and "QueueFull" in errors.__doc__
 
 
-def test_an_unknown_tier_fails_when_the_task_is_declared() -> None:
+def test_an_unknown_tier_fails_when_the_task_is_sent() -> None:
     from celery import Celery
 
-    from celery_reliable import ReliableTask
+    from celery_reliable import ReliableTask, install
 
-    app = Celery("tiers", set_as_current=False)
+    app = Celery("tiers", set_as_current=False, broker="redis://127.0.0.1:1/0")  # never reached
     app.conf.reliable_bulkheads = {"critical": 5, "optional": 1}
-
-    @app.task(shared=False, base=ReliableTask, name="tiers.known", bulkhead="optional")
-    def known() -> None:
-        return None
-
-    assert known.name == "tiers.known"  # Celery declares lazily: the first use binds the task
+    install(app)
 
     @app.task(shared=False, base=ReliableTask, name="tiers.gold", bulkhead="gold")
     def gold() -> None:
         return None
 
     with pytest.raises(
-        ConfigurationError, match=r"task tiers.gold uses bulkhead='gold', which reliable_bulkheads does not list; "
-        r"the tiers are \['critical', 'optional'\]"
+        ConfigurationError,
+        match=r"task tiers.gold uses bulkhead='gold', which reliable_bulkheads does not list; "
+        r"the tiers are \['critical', 'optional'\]",
     ):
-        gold.name  # noqa: B018
-
-    defaults = Celery("tier-defaults", set_as_current=False)
-
-    @defaults.task(shared=False, base=ReliableTask, name="tiers.standard", bulkhead="standard")
-    def standard() -> None:
-        return None
-
-    assert standard.name == "tiers.standard"  # the default tiers when the app sets none
+        gold.delay()
