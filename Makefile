@@ -15,9 +15,9 @@ $(VENV)/.installed: pyproject.toml
 services:
 	@bash scripts/services.sh
 
-## The demo: workers, a payments workload with duplicates and a killed worker.
+## The demo: a worker per tier, beat and Flower; six phases of faults, then an audit (stays up on a terminal).
 demo: $(VENV)/.installed
-	$(PY) -m examples.demo
+	$(PY) -m examples.demo $(DEMO_ARGS)
 
 ## The tests: lint, types, then unit, integration and fault tests on real services.
 test: $(VENV)/.installed services lint

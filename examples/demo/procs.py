@@ -1,4 +1,4 @@
-"""The demo's processes: a private redis-server and real ``celery worker`` processes.
+"""The demo's processes: a private redis-server, real ``celery worker`` processes, beat and Flower.
 
 Every process starts in its own session (so its process group is its pid) and is
 stopped by that process group, never by name.
@@ -88,8 +88,13 @@ class Processes:
         """Start ``argv`` in a new session; its output goes to ``<logdir>/<name>.log``."""
         with open(self.logdir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
-                argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                argv,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.started[name] = proc
         return proc
@@ -101,22 +106,74 @@ class Processes:
             RuntimeError: if it did not answer within 10 seconds.
         """
         port = free_port()
-        self.spawn("redis", [
-            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--maxmemory-policy", "noeviction", "--dir", str(self.logdir), "--databases", "16",
-        ])
+        self.spawn(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                str(self.logdir),
+                "--databases",
+                "16",
+            ],
+        )
         url = f"redis://127.0.0.1:{port}"
         if not wait_for_redis(url, 10):
             raise RuntimeError(f"redis-server did not start; see {self.logdir / 'redis.log'}")
         return url
 
-    def worker(self, name: str, app: str, queue: str, concurrency: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        """Start ``celery worker`` (prefork) for ``app`` on ``queue``."""
-        return self.spawn(name, [
-            sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork", "-c", str(concurrency),
-            "-Q", queue, "-n", f"{name}@%h", "-l", "warning",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ], env)
+    def worker(
+        self, name: str, app: str, queues: list[str], concurrency: int, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        """Start ``celery worker -E`` (prefork) for ``app``, consuming ``queues``."""
+        return self.spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                str(concurrency),
+                "-Q",
+                ",".join(queues),
+                "-n",
+                f"{name}@%h",
+                "-l",
+                "warning",
+                "-E",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env,
+        )
+
+    def beat(self, app: str, schedule: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start ``celery beat`` for ``app`` (its scheduler is the app's: celery_reliable's LeaderScheduler)."""
+        return self.spawn(
+            "beat", [sys.executable, "-m", "celery", "-A", app, "beat", "-l", "info", "-s", str(schedule)], env
+        )
+
+    def flower(self, app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start ``celery flower`` for ``app`` on 127.0.0.1:``port``."""
+        return self.spawn(
+            "flower",
+            [sys.executable, "-m", "celery", "-A", app, "flower", f"--port={port}", "--address=127.0.0.1"],
+            env,
+        )
 
     def kill_group(self, name: str) -> None:
         """SIGKILL the whole process group of ``name`` (the process and its children)."""

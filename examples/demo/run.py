@@ -1,4 +1,4 @@
-"""The demo's conductor: stores, workers, a workload full of duplicates, SIGKILLs, a verdict.
+"""The demo's conductor: stores, a worker per bulkhead tier, beat, Flower, six phases of faults, an audit.
 
 Run from the repository root::
 
@@ -9,8 +9,20 @@ Redis: a private ``redis-server`` on a free port when one is on ``PATH`` (so the
 never touches your data), else ``DEMO_REDIS_URL`` (default ``redis://127.0.0.1:6379/8``),
 where every key it writes carries this run's prefix and is deleted at the end.
 Database: ``DEMO_DATABASE_URL`` if set, else SQLite in a temporary directory.
-Exit status: 0 when every order was charged exactly once, 1 when not, 2 when the demo
-could not set itself up.
+
+Processes: ``celery worker`` ``critical-1`` and ``critical-2`` (queue ``critical``) and
+``standard-1`` (queues ``standard`` and ``optional``), ``celery beat`` (celery-reliable's
+``LeaderScheduler``: outbox relay, pump, cleanups) and ``celery flower``.
+
+Phases: (1) payments with duplicates and SIGKILLed workers, (2) a singleton job triggered
+many times at once plus the optional tier's bulkhead, (3) a dependency outage behind a
+circuit breaker, (4) a global rate limit over both workers, (5) dead letters and replay,
+(6) the transactional outbox with rolled-back transactions. Then the audit table.
+
+When stdout is a terminal (or with ``--stay``) the workers, beat and Flower keep running
+after the audit until Ctrl-C, so you can look around in Flower; otherwise (or with
+``--no-stay``) everything stops. Exit status: 0 when every guarantee held, 1 when one did
+not, 2 when the demo could not set itself up.
 """
 
 from __future__ import annotations
@@ -18,45 +30,105 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import random
 import shutil
 import signal
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine, make_url
 
-from .procs import Processes, children, wait_for_redis
-from .report import Outcome, count_effects, render
-from .workload import Message, workload
+from celery_reliable import DeadLetter, DeadLetterStore
+
+from . import phases
+from .measure import Metrics, hash_counts, text
+from .procs import Processes, free_port, wait_for_redis
+from .report import PhaseAudit, render
 
 APP = "examples.demo.app"
 FAILPOINTS = ("after_claim", "before_commit", "after_commit", "before_ack")
+#: The workers at start: name -> its tier (``standard`` also consumes the ``optional`` queue).
+WORKERS = {"critical-1": "critical", "critical-2": "critical", "standard-1": "standard"}
+#: Celery's own task events (Flower counts them too; the audit shows only celery-reliable's decisions).
+PLAIN_EVENTS = frozenset(
+    {
+        "task-sent",
+        "task-received",
+        "task-started",
+        "task-succeeded",
+        "task-failed",
+        "task-retried",
+        "task-revoked",
+        "task-rejected",
+    }
+)
+#: Pool size per tier's worker.
+POOL = {"critical": 2, "standard": 3}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The demo's command line."""
-    parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--orders", type=int, default=200, help="orders to charge (default 200)")
-    parser.add_argument("--concurrency", type=int, default=2, help="prefork processes per worker")
-    parser.add_argument("--timeout", type=float, default=90, help="seconds to wait for the work")
-    parser.add_argument("--seed", type=int, default=None, help="random seed of the workload")
-    parser.add_argument("--failpoint", default="after_commit", choices=(*FAILPOINTS, "none"),
-                        help="the replacement worker also SIGKILLs itself at this point once per task "
-                             "(default after_commit: effect committed, result not stored, message not acked)")
-    parser.add_argument("--unprotected", action="store_true",
-                        help="charge with a plain Celery task instead, to see what celery-reliable prevents")
-    parser.add_argument("--beat", action="store_true", help="also run celery beat (maintenance jobs)")
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--orders", type=int, default=200, help="phase 1: orders to charge (default 200)")
+    parser.add_argument(
+        "--reports",
+        type=int,
+        default=10,
+        help="phase 2: concurrent triggers of the singleton job, and of the optional task (default 10)",
+    )
+    parser.add_argument("--rates", type=int, default=16, help="phase 3: tasks behind the breaker (default 16)")
+    parser.add_argument(
+        "--partner-calls", type=int, default=60, help="phase 4: rate-limited calls, 10/s over both workers (default 60)"
+    )
+    parser.add_argument(
+        "--failing",
+        type=int,
+        default=4,
+        help="phase 5: tasks that exhaust their retries (and half as many permanent failures)",
+    )
+    parser.add_argument("--outbox", type=int, default=20, help="phase 6: business transactions (default 20)")
+    parser.add_argument("--timeout", type=float, default=90, help="seconds to wait for phase 1's work")
+    parser.add_argument("--seed", type=int, default=None, help="random seed of the payments workload")
+    parser.add_argument(
+        "--failpoint",
+        default="after_commit",
+        choices=(*FAILPOINTS, "none"),
+        help="the replacement critical worker also SIGKILLs itself at this point once per task "
+        "(default after_commit: effect committed, result not stored, message not acked)",
+    )
+    parser.add_argument(
+        "--unprotected",
+        action="store_true",
+        help="charge with a plain Celery task instead, to see what celery-reliable prevents",
+    )
+    parser.add_argument("--flower-port", type=int, default=0, help="Flower's port (default: a free one)")
+    stay = parser.add_mutually_exclusive_group()
+    stay.add_argument(
+        "--stay",
+        dest="stay",
+        action="store_true",
+        default=None,
+        help="keep the workers, beat and Flower running after the audit until Ctrl-C "
+        "(the default when stdout is a terminal)",
+    )
+    stay.add_argument("--no-stay", dest="stay", action="store_false", help="stop everything after the audit")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, SQLite file)")
-    return parser.parse_args(argv)
+    parser.add_argument("--beat", action="store_true", help=argparse.SUPPRESS)  # beat always runs now
+    args = parser.parse_args(argv)
+    if args.failpoint == "none":
+        args.failpoint = None
+    if args.stay is None:
+        args.stay = sys.stdout.isatty()
+    return args
 
 
 def database_url(tmp: Path) -> str:
@@ -64,7 +136,7 @@ def database_url(tmp: Path) -> str:
     url = os.environ.get("DEMO_DATABASE_URL", "").strip()
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
-            url = "postgresql+psycopg://" + url[len(plain):]
+            url = "postgresql+psycopg://" + url[len(plain) :]
     return url or f"sqlite:///{tmp / 'demo.sqlite'}"
 
 
@@ -82,20 +154,59 @@ class Demo:
         self.tmp = tmp
         self.run_id = uuid.uuid4().hex[:8]
         self.started = time.monotonic()
-        self.kills: list[str] = []
-        self.killed = 0
-        self.fired = 0
-        self.task_ids: set[str] = set()
+        self.failpoint_fired = 0
         self.private = False
         self.env: dict[str, str] = {}
-        self.app: ModuleType | None = None
+        self.app: Any = None  # the examples.demo.app module, imported once the environment is set
+        self._engine: Engine | None = None
         self._ledger: redis.Redis | None = None
+        self._reliable: redis.Redis | None = None
+        self.metrics = Metrics()
+        self.dead: set[str] = set()
+        self.notes: list[str] = []
+        self.current = 0
+        self.flower_url = ""
+        self.task_ids: set[str] = set()  # phase 1's, for the failpoints' own keys
+
+    # -- output ------------------------------------------------------------------------------
 
     def say(self, message: str) -> None:
-        """Print a progress line stamped with the seconds since start."""
-        print(f"[{time.monotonic() - self.started:5.1f}s] {message}", flush=True)
+        """Print a progress line stamped with the seconds since start (and the current phase)."""
+        where = f"[phase {self.current}] " if self.current else ""
+        print(f"[{time.monotonic() - self.started:5.1f}s] {where}{message}", flush=True)
 
-    def setup(self) -> Engine:
+    def phase(self, audit: PhaseAudit, what: str) -> None:
+        """Announce a phase."""
+        self.current = 0
+        self.say(f"=== phase {audit.number}: {audit.title}: {what}")
+        self.current = audit.number
+
+    def fault(self, audit: PhaseAudit, message: str) -> None:
+        """Record and print a fault that fired (the tests parse these lines)."""
+        audit.faults.append(message)
+        self.say(f"fault fired: {message}")
+
+    # -- stores ------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The demo's engine on the database the workers use."""
+        assert self._engine is not None
+        return self._engine
+
+    def ledger(self) -> redis.Redis:
+        """The client for the ledger Redis."""
+        if self._ledger is None:
+            self._ledger = redis.Redis.from_url(self.env["DEMO_LEDGER"])
+        return self._ledger
+
+    def reliable_redis(self) -> redis.Redis:
+        """The client for the Redis celery-reliable keeps its state in."""
+        if self._reliable is None:
+            self._reliable = redis.Redis.from_url(self.env["DEMO_RELIABLE_REDIS"])
+        return self._reliable
+
+    def setup(self) -> None:
         """Start Redis, point the app at the stores, run the migrations."""
         from celery_reliable.migrate import upgrade
 
@@ -107,171 +218,236 @@ class Demo:
         else:
             url = os.environ.get("DEMO_REDIS_URL", "redis://127.0.0.1:6379/8")
             if not wait_for_redis(url, 3):
-                raise RuntimeError(f"no redis-server on PATH and {url} does not answer")
+                raise RuntimeError(f"no redis-server on PATH and {masked(url)} does not answer")
             urls = [url] * 4
             self.say(f"redis: {masked(url)} (every key prefixed demo-{self.run_id}:, removed at the end)")
         db_url = database_url(self.tmp)
         self.env = {
-            "DEMO_BROKER": urls[0], "DEMO_BACKEND": urls[1], "DEMO_RELIABLE_REDIS": urls[2],
-            "DEMO_LEDGER": urls[3], "DEMO_DB": db_url, "DEMO_RUN": self.run_id,
+            "DEMO_BROKER": urls[0],
+            "DEMO_BACKEND": urls[1],
+            "DEMO_RELIABLE_REDIS": urls[2],
+            "DEMO_LEDGER": urls[3],
+            "DEMO_DB": db_url,
+            "DEMO_RUN": self.run_id,
         }
         os.environ.update(self.env)
         self.app = importlib.import_module(APP)
-        engine = create_engine(db_url)
-        upgrade(engine)
-        self.app.metadata.create_all(engine)
-        self.say(f"database: {masked(db_url)} (migrated; demo_payments has no unique constraint)")
-        return engine
+        self._engine = create_engine(db_url, connect_args={"timeout": 30} if db_url.startswith("sqlite") else {})
+        upgrade(self.engine)
+        self.app.metadata.create_all(self.engine)
+        self.say(f"database: {masked(db_url)} (migrated; demo_payments and demo_receipts have no unique constraint)")
 
-    def ledger(self) -> redis.Redis:
-        """The client for the ledger Redis."""
-        if self._ledger is None:
-            self._ledger = redis.Redis.from_url(self.env["DEMO_LEDGER"])
-        return self._ledger
+    # -- processes ---------------------------------------------------------------------------
 
-    def start_workers(self, names: list[str]) -> None:
-        """Start ``celery worker`` processes and wait until every one of them is ready."""
-        assert self.app is not None
-        for name in names:
-            self.procs.worker(name, APP, self.app.QUEUE, self.args.concurrency, self.env)
-        if self.args.beat:
-            self.procs.spawn("beat", [sys.executable, "-m", "celery", "-A", APP, "beat", "-l", "warning",
-                                      "-s", str(self.tmp / "beat-schedule")], self.env)
+    def start_worker(self, name: str, tier: str, extra: dict[str, str] | None = None, wait: bool = True) -> None:
+        """Start a ``celery worker`` for ``tier``'s queues, with its own metrics port."""
+        port = free_port()
+        queues = [self.app.QUEUES[t] for t in (["standard", "optional"] if tier == "standard" else [tier])]
+        self.procs.worker(name, APP, queues, POOL[tier], {**self.env, "DEMO_METRICS_PORT": str(port), **(extra or {})})
+        self.metrics.add(name, port)
+        if wait:
+            self.wait_ready([name])
+
+    def wait_ready(self, names: list[str]) -> None:
+        """Wait until the workers ``names`` report ready."""
         deadline = time.monotonic() + 60
-        ready_key = self.app.ledger_key("ready")
-        while self.ledger().scard(ready_key) < len(names):
+        while True:
+            ready = {text(m).split("@")[0] for m in self.ledger().smembers(self.app.ledger_key("ready"))}
+            if set(names) <= ready:
+                return
             dead = [n for n in names if self.procs.started[n].poll() is not None]
             if dead or time.monotonic() > deadline:
                 raise RuntimeError(f"worker {dead or names} did not start:\n{self.procs.log_tail((dead or names)[0])}")
             time.sleep(0.1)
-        self.say(f"workers: {', '.join(names)} ready (prefork -c {self.args.concurrency}, acks_late, "
-                 "reject_on_worker_lost)" + (", beat running" if self.args.beat else ""))
 
-    def kill_child(self, worker: str, charged: int) -> None:
-        """SIGKILL one pool process of ``worker`` (its parent forks a new one)."""
-        pool = children(self.procs.started[worker].pid)
-        if not pool:
-            return
-        pid = random.choice(pool)
-        os.kill(pid, signal.SIGKILL)
-        self.note(f"SIGKILL pool process {pid} of worker {worker} at {charged}/{self.args.orders} charged")
+    def start_processes(self) -> None:
+        """The workers (one per tier), beat and Flower."""
+        for name, tier in WORKERS.items():
+            self.start_worker(name, tier, wait=False)
+        self.procs.beat(APP, self.tmp / "beat-schedule", self.env)
+        port = self.args.flower_port or free_port()
+        self.procs.flower(APP, port, self.env)
+        self.wait_ready(list(WORKERS))
+        tiers = ", ".join(f"{t} {n}" for t, n in self.app.BULKHEADS.items())
+        self.say(
+            f"workers ready: critical-1 and critical-2 (queue critical, -c {POOL['critical']} each), standard-1 "
+            f"(queues standard + optional, -c {POOL['standard']}); reliable_bulkheads: {tiers}"
+        )
+        self.say("beat: celery beat with celery_reliable's LeaderScheduler (outbox relay every 1 s, pump, cleanups)")
+        self.flower_url = f"http://127.0.0.1:{port}"
+        if self.wait_http(self.flower_url + "/healthcheck", 30):
+            self.say(f"Flower: {self.flower_url}  (tasks, workers, and every reliability decision as an event)")
+        else:
+            self.notes.append(f"Flower did not answer at {self.flower_url}; see {self.tmp / 'flower.log'}")
+            self.say(f"Flower did not answer at {self.flower_url} (log: {self.tmp / 'flower.log'})")
 
-    def kill_worker(self, worker: str, replacement: str, charged: int) -> None:
-        """SIGKILL a whole worker (parent and pool) and start a replacement."""
-        assert self.app is not None
-        self.procs.kill_group(worker)
-        self.note(f"SIGKILL worker {worker} (parent and pool) at {charged}/{self.args.orders} charged; "
-                  f"its unacked messages come back after the visibility timeout")
-        env = dict(self.env)
-        if self.args.failpoint:
-            env.update(CELERY_RELIABLE_FAILPOINTS=self.args.failpoint,
-                       CELERY_RELIABLE_FAILPOINTS_URL=self.env["DEMO_LEDGER"])
-        self.procs.worker(replacement, APP, self.app.QUEUE, self.args.concurrency, env)
-        self.say(f"started replacement worker {replacement}"
-                 + (f" (crashes at failpoint {self.args.failpoint} once per task)" if self.args.failpoint else ""))
+    @staticmethod
+    def wait_http(url: str, timeout: float) -> bool:
+        """Whether ``url`` answers within ``timeout`` seconds."""
+        import urllib.request
 
-    def note(self, message: str, killed: int = 1) -> None:
-        """Record and print a fault we injected."""
-        self.kills.append(message)
-        self.killed += killed
-        self.say(message)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return True
+            except OSError:
+                time.sleep(0.3)
+        return False
+
+    def live_workers(self) -> list[str]:
+        """The workers started and not SIGKILLed."""
+        return [n for n in self.metrics.ports if n not in self.dead]
+
+    # -- counts ------------------------------------------------------------------------------
+
+    def count(self, kind: str, *task_names: str) -> int:
+        """The ledger's ``kind`` count (deliveries, bodies, retried) of the tasks ``task_names``."""
+        values = self.ledger().hmget(self.app.ledger_key(kind), [self.app.short(n) for n in task_names])
+        return sum(int(v or 0) for v in values)
+
+    def deferred(self, audit: PhaseAudit) -> Counter[str]:
+        """The phase's tasks' deferrals by reason, from the workers' counters; kept in ``audit``."""
+        totals = self.metrics.totals(self.live_workers())
+        audit.deferred = Metrics.by_reason(totals, "reliable_deferred_total", audit.tasks)
+        return audit.deferred
+
+    def parked_reasons(self) -> dict[str, int]:
+        """Why the tasks parked right now were parked (``reliable status``'s deferred section)."""
+        from celery_reliable.status import parking
+
+        found = parking.deferred(self.reliable_redis(), self.app.PREFIX)
+        return dict(found.get("reasons") or {})
+
+    def letter_rows(self, task_name: str) -> list[DeadLetter]:
+        """This run's dead letters of ``task_name`` (their queue carries the run's prefix)."""
+        store = DeadLetterStore(self.engine)
+        letters = store.list(task=task_name, limit=10_000)
+        return [letter for letter in letters if (letter.queue or "").startswith(self.app.PREFIX)]
+
+    def letters(self, task_name: str) -> Counter[str]:
+        """This run's dead letters of ``task_name`` by reason."""
+        return Counter(letter.reason for letter in self.letter_rows(task_name))
+
+    def receipts(self) -> tuple[int, Counter[str]]:
+        """Receipts sent in this run: how many, and per order."""
+        table = self.app.receipts
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table.c.order_id).where(table.c.run_id == self.run_id)).scalars().all()
+        return len(rows), Counter(rows)
 
     def backlog(self) -> dict[str, int]:
         """What is still waiting: queued, unacked (delivered, not acked), and parked (deferred set)."""
         from celery_reliable.runtime import runtime
 
-        assert self.app is not None
         broker = redis.Redis.from_url(self.env["DEMO_BROKER"])
         try:
-            prefix = f"demo-{self.run_id}:"
-            queued, unacked = broker.llen(prefix + self.app.QUEUE), broker.hlen(prefix + "unacked")
+            prefix = f"{self.app.PREFIX}:"
+            queued = sum(broker.llen(prefix + q) for q in self.app.QUEUES.values())
+            unacked = broker.hlen(prefix + "unacked")
         finally:
             broker.close()
         sizes = runtime(self.app.app).deferred().sizes()
         return {"queued": queued, "unacked": unacked, "parked": sizes["due"], "pumping": sizes["inflight"]}
 
-    def run(self) -> int:
-        """Set up, publish, break things, wait, count; the exit status."""
-        engine = self.setup()
-        assert self.app is not None
-        task = self.app.charge_unprotected if self.args.unprotected else self.app.charge
-        self.start_workers(["a", "b"])
-        rng = random.Random(self.args.seed)
-        messages, expected = workload(self.run_id, self.args.orders, rng)
-        for msg in messages:
-            task.apply_async(kwargs={"order_id": msg.order_id, "amount_cents": msg.amount_cents}, task_id=msg.task_id)
-        self.task_ids = {m.task_id for m in messages}
-        kinds = {k: sum(m.kind == k for m in messages) for k in ("double-click", "re-sent")}
-        self.say(f"published {len(messages)} {task.name} messages for {len(expected)} orders "
-                 f"({kinds['double-click']} double-clicks, {kinds['re-sent']} re-sent with the same task id)")
-        pending = self.wait(engine, {m.task_id: task.AsyncResult(m.task_id) for m in messages})
-        return self.verdict(engine, messages, expected, pending)
-
-    def wait(self, engine: Engine, results: dict[str, Any]) -> dict[str, Any]:
-        """Inject the faults as work progresses; wait until all is done. Returns unfinished results."""
-        plan = [(0.15, lambda n: self.kill_child("a", n)), (0.35, lambda n: self.kill_worker("b", "c", n)),
-                (0.6, lambda n: self.kill_child("a", n))]
-        assert self.app is not None
-        rows = select(func.count()).where(self.app.payments.c.run_id == self.run_id)
-        deadline = time.monotonic() + self.args.timeout
-        quiet, next_status = 0, time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                charged = conn.execute(rows).scalar() or 0
-            while plan and charged >= plan[0][0] * self.args.orders:
-                plan.pop(0)[1](charged)
-            if charged >= self.args.orders and not plan:
-                results = {tid: r for tid, r in results.items() if not r.ready()}
-                quiet = quiet + 1 if not results and not any(self.backlog().values()) else 0
-                if quiet >= 3:
-                    break
-            if time.monotonic() > next_status:  # say what we wait for when it takes long
+    def wait_results(self, results: Sequence[Any], timeout: float, what: str) -> Counter[str]:
+        """Wait until every result is ready (or ``timeout``); their states."""
+        deadline = time.monotonic() + timeout
+        next_status = time.monotonic() + 10
+        pending = list(results)
+        while pending and time.monotonic() < deadline:
+            pending = [r for r in pending if not r.ready()]
+            if pending and time.monotonic() > next_status:
                 next_status += 10
-                self.say(f"waiting: {charged}/{self.args.orders} charged, backlog {self.backlog()}")
-            time.sleep(0.2)
-        self.say("all messages handled" if not results else f"timed out with {len(results)} task(s) unfinished")
-        return {tid: r for tid, r in results.items() if not r.ready()}
+                self.say(f"waiting for {what}: {len(pending)} unfinished, backlog {self.backlog()}")
+            time.sleep(0.1)
+        if pending:
+            self.say(f"timed out waiting for {what}: {len(pending)} unfinished")
+        return Counter(r.state for r in results)
 
-    def verdict(self, engine: Engine, messages: list[Message], expected: dict[str, int],
-                pending: dict[str, Any]) -> int:
-        """Count, print the table, and return 0 if exactly once held."""
-        assert self.app is not None
-        led = self.ledger()
+    # -- the run -----------------------------------------------------------------------------
 
-        def count(name: str) -> int:
-            return int(led.get(self.app.ledger_key(name)) or 0)  # type: ignore[union-attr]
+    def run(self) -> int:
+        """Set up, run the phases, audit; the exit status."""
+        self.setup()
+        self.start_processes()
+        audits: list[PhaseAudit] = []
+        for step in (
+            phases.payments,
+            phases.singleton_and_bulkhead,
+            phases.outage,
+            phases.rate_limit,
+            phases.dead_letters,
+            phases.outbox,
+        ):
+            audit = step(self)
+            self.current = audit.number
+            verdict = "ok" if audit.ok else "NOT OK"
+            self.say(f"phase {audit.number} {verdict}: " + "; ".join(c.text for c in audit.checks))
+            audits.append(audit)
+        self.current = 0
+        extra = self.status_lines(audits[-1])
+        text, ok = render(audits, time.monotonic() - self.started, extra)
+        print(text, flush=True)
+        for note in self.notes:
+            print(f"  note: {note}", flush=True)
+        return 0 if ok else 1
 
-        if self.args.failpoint:
-            self.fired = int(led.exists(*(f"failpoint:{self.args.failpoint}:{tid}" for tid in self.task_ids)))
-            self.kills.append(f"worker c's pool processes SIGKILLed themselves {self.fired} times "
-                              f"at failpoint {self.args.failpoint}")
-            self.killed += self.fired
-        results = [self.app.app.AsyncResult(tid) for tid in self.task_ids - pending.keys()]
-        failed = [r for r in results if r.state != "SUCCESS"]
-        answered_none = sum(1 for r in results if r.state == "SUCCESS" and r.result is None)
-        effects, duplicated, lost, unknown, charged = count_effects(engine, self.app.payments, self.run_id, expected)
-        out = Outcome(
-            orders=len(expected), published=len(messages),
-            double_clicks=sum(m.kind == "double-click" for m in messages),
-            redeliveries=sum(m.kind == "re-sent" for m in messages),
-            deliveries=count("deliveries"), bodies=count("bodies"), kills=self.kills, killed=self.killed,
-            effects=effects, duplicated=duplicated, lost=lost, unknown=unknown,
-            charged_cents=charged, expected_cents=sum(expected.values()),
-            failed_results=len(failed), pending_results=len(pending),
-            seconds=time.monotonic() - self.started,
+    def status_lines(self, last: PhaseAudit) -> list[str]:
+        """Beat's maintenance runs (ledger) and ``reliable status`` of what celery-reliable still holds."""
+        from celery_reliable import get_config
+        from celery_reliable.status import gather
+
+        runs = hash_counts(self.ledger(), self.app.ledger_key("deliveries"))
+        maintenance = {k: v for k, v in runs.items() if k in self.app.MAINTENANCE}
+        last.check(
+            "beat (LeaderScheduler) ran the maintenance jobs: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(maintenance.items())),
+            maintenance.get("relay_outbox", 0) > 0,
         )
-        for r in failed[:3]:
-            out.notes.append(f"task {r.id}: {r.state} {r.result!r}")
-        if answered_none:
-            out.notes.append(f"{answered_none} task(s) returned None, not the charge's result: the process that "
-                             "committed the payment died before storing its return value (the payment is there, once)")
-        print(render(out), flush=True)
-        return 0 if out.ok else 1
+        report = gather(self.app.app, get_config(self.app.app))
+        deferred = report.get("deferred") or {}
+        letters = report.get("dead_letters") or {}
+        outbox = report.get("outbox") or {}
+        breakers = {name: b.get("state") for name, b in (report.get("breakers") or {}).items() if isinstance(b, dict)}
+        return [
+            *self.flower_lines(),
+            f"reliable status now: deferred due {deferred.get('due')}, in flight {deferred.get('inflight')}; "
+            f"dead letters {letters}; outbox {outbox}; breakers {breakers}",
+        ]
+
+    def flower_lines(self) -> list[str]:
+        """What Flower counted of the reliability decisions (its ``flower_events_total``), summed by type."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(self.flower_url + "/metrics", timeout=5) as response:
+                text_ = response.read().decode()
+        except OSError as exc:
+            return [f"Flower's /metrics did not answer: {exc}"]
+        seen: Counter[str] = Counter()
+        for family in text_string_to_metric_families(text_):
+            for sample in family.samples:
+                kind = sample.labels.get("type", "")
+                if sample.name == "flower_events_total" and kind.startswith("task-") and kind not in PLAIN_EVENTS:
+                    seen[kind] += int(sample.value)
+        return ["Flower saw these decisions as events: " + (", ".join(f"{k} {n}" for k, n in sorted(seen.items())))]
+
+    def stay(self) -> None:
+        """Keep everything running until Ctrl-C."""
+        print(
+            f"\nFlower: {self.flower_url}  -- workers, beat and Flower keep running; press Ctrl-C to stop.", flush=True
+        )
+        while True:
+            time.sleep(3600)
 
     def cleanup(self) -> None:
         """Delete this run's keys when we used a shared Redis (a private one just stops)."""
-        if self._ledger is not None:
-            self._ledger.close()
+        for client in (self._ledger, self._reliable):
+            if client is not None:
+                client.close()
         if self.private or not self.env:
             return
         client = redis.Redis.from_url(self.env["DEMO_LEDGER"])
@@ -281,11 +457,9 @@ class Demo:
                 pipe.delete(key)
             for tid in self.task_ids:  # the failpoints' own keys carry no prefix
                 pipe.delete(*(f"failpoint:{point}:{tid}" for point in FAILPOINTS))
-            if self.fired:
-                pipe.decrby(f"failpoint:{self.args.failpoint}:fired", self.fired)
+            if self.failpoint_fired:
+                pipe.decrby(f"failpoint:{self.args.failpoint}:fired", self.failpoint_fired)
             pipe.execute()
-            if self.fired and client.get(f"failpoint:{self.args.failpoint}:fired") == b"0":
-                client.delete(f"failpoint:{self.args.failpoint}:fired")
         except redis.RedisError as exc:
             print(f"could not remove the demo's keys: {exc!r}", file=sys.stderr)
         finally:
@@ -295,8 +469,6 @@ class Demo:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     args = parse_args(argv)
-    if args.failpoint == "none":
-        args.failpoint = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on SIGTERM too
     tmp = Path(tempfile.mkdtemp(prefix="celery-reliable-demo-"))
     procs = Processes(tmp)
@@ -304,14 +476,19 @@ def main(argv: list[str] | None = None) -> int:
     status = 2
     try:
         status = demo.run()
+        if args.stay:
+            demo.stay()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        status = 130
+        print("\nstopping", file=sys.stderr)
+        if status == 2:
+            status = 130
     except Exception as exc:
         print(f"demo failed to run: {exc}", file=sys.stderr)
     finally:
+        stopping = time.monotonic()
         procs.stop_all()
         demo.cleanup()
+        print(f"stopped the demo's processes in {time.monotonic() - stopping:.1f} s", flush=True)
         if args.keep or status != 0:
             print(f"logs and data kept in {tmp}")
         else:
