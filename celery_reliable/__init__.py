@@ -35,6 +35,19 @@ from .errors import (
     TransactionError,
     UnknownOptionError,
 )
+from .eventstore import (
+    Aggregate,
+    ConcurrencyConflict,
+    DuplicateEvent,
+    EventStoreError,
+    NewEvent,
+    Projection,
+    RecordedEvent,
+    UnknownEventType,
+    UnknownProjection,
+    Upcasters,
+    run_command,
+)
 from .http import IdempotencyMiddleware, idempotent_execute
 from .install import install
 from .locks import PostgresAdvisoryLock, RedisLock, Redlock, fenced_set, fenced_update, fenced_upsert
@@ -43,22 +56,27 @@ from .options import Idempotency
 from .rate_option import RateLimit
 from .ratelimit import GCRALimiter, Limit, SlidingWindowLimiter, Tiers, TokenBucketLimiter, parse_limit
 from .retries import RetryBudget, RetryPolicy, retry
+from .saga import Saga, SagaConflict, SagaDefinitionError, SagaError, SagaNotFound, Step, StepResultError
 from .task import ReliableTask
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregate",
     "BackendUnavailable",
     "BadLimit",
     "Bulkhead",
     "BulkheadFull",
     "CircuitBreaker",
     "CircuitOpen",
+    "ConcurrencyConflict",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetterStore",
+    "DuplicateEvent",
     "DuplicateExecution",
     "DuplicateMessage",
+    "EventStoreError",
     "GCRALimiter",
     "Idempotency",
     "IdempotencyError",
@@ -74,11 +92,14 @@ __all__ = [
     "LockLost",
     "LockNotAcquired",
     "MessageTooLarge",
+    "NewEvent",
     "PoisonMessage",
     "PostgresAdvisoryLock",
+    "Projection",
     "QueueFull",
     "QuorumUnavailable",
     "RateLimit",
+    "RecordedEvent",
     "RedisLock",
     "Redlock",
     "ReliableConfig",
@@ -87,13 +108,23 @@ __all__ = [
     "ResultNotSerializable",
     "RetryBudget",
     "RetryPolicy",
+    "Saga",
+    "SagaConflict",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaNotFound",
     "SerializationError",
     "SlidingWindowLimiter",
     "StaleFencingToken",
+    "Step",
+    "StepResultError",
     "Tiers",
     "TokenBucketLimiter",
     "TransactionError",
+    "UnknownEventType",
     "UnknownOptionError",
+    "UnknownProjection",
+    "Upcasters",
     "beat_schedule",
     "circuit_breaker",
     "fenced_set",
@@ -104,4 +135,5 @@ __all__ = [
     "install",
     "parse_limit",
     "retry",
+    "run_command",
 ]

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from .deadletter.cli import dlq
+from .eventstore.cli import projection
+from .saga.cli import saga as saga_group
 
 
 def _app(ctx: click.Context) -> Any:
@@ -84,6 +86,8 @@ def health(ctx: click.Context, readiness: bool, as_json: bool) -> None:
 
 
 reliable.add_command(dlq)
+reliable.add_command(saga_group)
+reliable.add_command(projection)
 
 
 @reliable.command(help="Print celery-reliable's Prometheus gauges once, or serve them.")

@@ -242,6 +242,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Unset: follow worker_send_task_events (celery worker -E).",
     ),
     Setting(
+        "reliable_saga_sweep_interval",
+        "duration",
+        5.0,
+        "How often sagas are swept (by a worker thread where sagas are defined, and by beat): a saga past its "
+        "timeout starts compensating, a step whose lease ran out (its worker died) is sent again.",
+    ),
+    Setting(
         "reliable_log_json",
         "bool",
         False,

@@ -27,7 +27,17 @@ Every exception derives from :class:`ReliableError`::
     ├── PoisonMessage                a task id whose worker died on every delivery (dead-lettered)
     ├── SerializationError           arguments that cannot be encoded as JSON
     ├── TransactionError             misuse of ``self.transaction()``
-    └── BackendUnavailable           Redis or the database cannot be reached
+    ├── BackendUnavailable           Redis or the database cannot be reached
+    ├── EventStoreError              (celery_reliable.eventstore)
+    │   ├── ConcurrencyConflict      a stream is not at the version the append expected
+    │   ├── DuplicateEvent           an event id the store already holds
+    │   ├── UnknownEventType         an aggregate has no apply method for an event's type
+    │   └── UnknownProjection        no projection of that name
+    └── SagaError                    (celery_reliable.saga)
+        ├── SagaDefinitionError      a saga or step declared wrongly
+        ├── SagaNotFound             no saga with that id
+        ├── SagaConflict             a saga id started again with another payload
+        └── StepResultError          a step returned something other than a JSON dict or None
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ def install_worker_step(app: Celery) -> None:
     app.add_defaults({s.name: s.default for s in SETTINGS})
     connect_logs(app)  # reliable_log_json: JSON logs once the worker or beat sets up logging
     app.steps["worker"].add(ReliableStep)
+    from .saga.sweeper import SagaSweeper
+
+    app.steps["worker"].add(SagaSweeper)  # starts only where a saga is defined
     app.steps["consumer"].add(MalformedMessages)
     signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celery_reliable.lock_on_revoked")
     app.__dict__["_celery_reliable_step"] = True

@@ -119,12 +119,16 @@ def register(app: Celery) -> None:
 
         return cleanup_outbox(app)
 
+    from .saga.sweeper import register as register_saga_sweep
+
+    register_saga_sweep(app)
+
 
 def beat_schedule(app: Celery) -> dict[str, dict[str, Any]]:
     """The beat entries of the maintenance jobs, to merge into ``beat_schedule``.
 
-    Reads only ``reliable_cleanup_interval`` and ``reliable_outbox_interval``, so it can run before the
-    other settings are set.
+    Reads only ``reliable_cleanup_interval``, ``reliable_outbox_interval`` and
+    ``reliable_saga_sweep_interval``, so it can run before the other settings are set.
     """
     from .config import duration_ms
     from .defaults import SETTINGS_BY_NAME
@@ -133,7 +137,10 @@ def beat_schedule(app: Celery) -> dict[str, dict[str, Any]]:
     cleanup_ms = duration_ms(name, app.conf.get(name, SETTINGS_BY_NAME[name].default))
     outbox = "reliable_outbox_interval"
     relay_s = max(duration_ms(outbox, app.conf.get(outbox, SETTINGS_BY_NAME[outbox].default)), 10) / 1000.0
+    from .saga.sweeper import beat_entry as saga_sweep_entry
+
     return {
+        **saga_sweep_entry(app),
         "celery-reliable-cleanup-idempotency": {
             "task": CLEANUP_TASK,
             "schedule": max(cleanup_ms, 1000) / 1000.0,

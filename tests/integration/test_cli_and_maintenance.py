@@ -25,6 +25,7 @@ from celery_reliable.maintenance import (
 )
 from celery_reliable.migrate import head_revision
 from celery_reliable.runtime import runtime
+from celery_reliable.saga.sweeper import SWEEP_TASK
 from celery_reliable.schema import idempotency
 from tests.harness import CELERY, ROOT
 from tests.worker_app import app, later
@@ -51,7 +52,7 @@ def test_migrate_and_status_commands(clean) -> None:
     report = json.loads(status.stdout)
     assert report["deferred"]["due"] == 1
     assert report["migrations"] == {"current": head_revision(), "head": head_revision()}
-    assert head_revision().startswith("0007")
+    assert head_revision().startswith("0009")
 
 
 def test_cleanup_deletes_only_expired_records(clean, engine: Engine) -> None:
@@ -79,6 +80,7 @@ def test_beat_entries_and_pump_task(clean) -> None:
         CLEANUP_OUTBOX_TASK,
         PUMP_TASK,
         PURGE_DEAD_LETTERS_TASK,
+        SWEEP_TASK,
     }
     assert {e["task"] for e in schedule.values()} == jobs
     assert jobs <= set(app.tasks)
