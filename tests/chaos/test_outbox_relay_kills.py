@@ -106,7 +106,7 @@ def test_relay_killed_after_publishing_before_marking_publishes_again_effect_onc
 @pytest.mark.parametrize(
     "rows",
     [
-        pytest.param(2_000, id="2k"),
+        pytest.param(1_000, id="1k"),
         pytest.param(100_000, id="100k", marks=[pytest.mark.soak, pytest.mark.timeout(3600)]),
     ],
 )
