@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -57,6 +58,11 @@ Reset = Callable[[Session], None]
 _registry: dict[str, Projection] = {}
 #: Longest projection name (the inbox consumer column's width).
 MAX_NAME_CHARS = 255
+
+#: How long a projection remembers the events it applied: as long as it exists (a rebuild
+#: forgets and replays them). An id forgotten earlier would let a late redelivery, a
+#: replayed dead letter or a catch-up from an old checkpoint apply its event again.
+APPLIED_MEMORY = timedelta(days=365 * 100)
 
 
 class Projection:
@@ -146,7 +152,7 @@ class Projection:
         conn = session.connection()
         if conn.dialect.name == "postgresql":
             conn.execute(select(func.pg_advisory_xact_lock_shared(self.lock_id)))
-        if not inbox.record(session, self.name, event.event_id):
+        if not inbox.record(session, self.name, event.event_id, ttl=APPLIED_MEMORY):
             return False
         if self.upcasters is not None:
             version, data = self.upcasters.upcast(event.type, event.schema_version, event.data)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -47,9 +47,12 @@ def _set_position(conn: Connection, name: str, position: int, rebuilt: bool) -> 
     if rebuilt:
         values["rebuilt_at"] = now
     stmt = _upsert(conn)(projections).values(**values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[projections.c.name], set_={k: v for k, v in values.items() if k != "name"}
-    )
+    changes: dict[str, Any] = {k: v for k, v in values.items() if k != "name"}
+    if not rebuilt:  # a catch-up never moves the checkpoint back past a rebuild that ran meanwhile
+        changes["position"] = case(
+            (projections.c.position > stmt.excluded.position, projections.c.position), else_=stmt.excluded.position
+        )
+    stmt = stmt.on_conflict_do_update(index_elements=[projections.c.name], set_=changes)
     conn.execute(stmt)
 
 

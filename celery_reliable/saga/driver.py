@@ -32,6 +32,8 @@ SWEEP_BATCH = 100
 #: times (its worker died on every attempt) fails, and a compensation lost this many times
 #: leaves the saga ``failed``, rather than killing workers forever.
 MAX_REDRIVES = 25
+#: The longest lease a re-sent step gets (see :func:`redrive_lease_ms`): one hour.
+MAX_REDRIVE_LEASE_MS = 3_600_000
 
 
 def engine(app: Celery) -> Engine:
@@ -159,7 +161,7 @@ def sweep_sagas(app: Celery, batch: int = SWEEP_BATCH) -> dict[str, int]:
                 moved = _give_up(conn, saga, row)
                 if moved is not None:
                     todo.append((saga, moved))
-            elif store.redrive(conn, row.saga_id, row.state, row.step, step.lease_ms):
+            elif store.redrive(conn, row.saga_id, row.state, row.step, redrive_lease_ms(step.lease_ms, row.redrives)):
                 store.log(conn, row.saga_id, "redriven", row.step, step.name, {"state": row.state})
                 todo.append((saga, row))
                 redriven += 1
@@ -168,6 +170,18 @@ def sweep_sagas(app: Celery, batch: int = SWEEP_BATCH) -> dict[str, int]:
     if timed_out or redriven:
         logger.info("saga sweep: %d timed out, %d step(s) sent again", timed_out, redriven)
     return {"timed_out": timed_out, "redriven": redriven}
+
+
+def redrive_lease_ms(lease_ms: int, redrives: int) -> int:
+    """The lease a step gets when the sweep sends it again for the ``redrives + 1``-th time.
+
+    It doubles with every re-send, up to :data:`MAX_REDRIVE_LEASE_MS` (or the step's own
+    lease, if longer): a step that waits in a long queue backlog (its lease starts when it is
+    sent, and nobody renews it before a worker starts it) gets fewer and fewer copies sent
+    after it, and reaches :data:`MAX_REDRIVES` only after many hours, long past the default
+    saga timeout, instead of failing a saga that never crashed.
+    """
+    return max(lease_ms, min(lease_ms * 2 ** min(redrives + 1, 20), MAX_REDRIVE_LEASE_MS))
 
 
 def _give_up(conn: Connection, saga: Saga, row: store.SagaRow) -> store.SagaRow | None:

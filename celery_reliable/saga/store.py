@@ -3,7 +3,9 @@
 Every change is an ``UPDATE ... WHERE state = :expected AND step = :expected`` on the
 saga's row, so of two workers racing for one transition (a step finishing while the
 sweep times the saga out, a redelivered step) exactly one wins; the row lock orders
-them. Times come from the database's clock (``now()``), the one clock every worker shares.
+them. Times come from the database's clock, the one clock every worker shares: leases and
+deadlines are written from ``clock_timestamp()`` (the moment of the write), comparisons use
+``now()``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def _columns() -> list[Any]:
 
 
 def _lease(ms: int) -> Any:
-    return func.now() + timedelta(milliseconds=ms)
+    # clock_timestamp(), not now(): now() is when the transaction began, and a step that
+    # held its transaction longer than a lease would hand the next step a lease already over.
+    return func.clock_timestamp() + timedelta(milliseconds=ms)
 
 
 def log(
@@ -89,7 +93,7 @@ def insert_saga(
     lease_ms: int,
 ) -> bool:
     """Insert a new running saga at step 0; ``False`` if the id exists already."""
-    now = func.now()
+    now = func.clock_timestamp()  # not the caller's transaction start: start(session=) may come late in it
     stmt = (
         postgresql.insert(sagas)
         .values(

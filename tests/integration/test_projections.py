@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,8 @@ from celery_reliable.eventstore import (
     save,
 )
 from celery_reliable.eventstore.cli import projection as projection_cli
+from celery_reliable.inbox.store import delete_expired as inbox_cleanup
+from celery_reliable.inbox.store import inbox as inbox_table
 from celery_reliable.outbox import relay_outbox
 from tests.eventstore_app import (
     BROKER_URL,
@@ -177,6 +179,23 @@ def test_catch_up_applies_each_event_once(eng: Engine) -> None:
     assert read_model(eng)[stream] == (10, 3)
     with Session(eng) as s:
         ids = [e.event_id for e in read_stream(s, stream)]
+    assert [effects(eng)[i] for i in ids] == [1, 1, 1, 0]
+
+
+    # The projection remembers applied events as long as it exists, not for inbox_ttl
+    # (7 days): a catch-up from an old checkpoint months later must not apply them again.
+    with eng.connect() as conn:
+        years_left = conn.execute(
+            select(func.min(inbox_table.c.expires_at) - func.now()).where(
+                inbox_table.c.consumer == balances.name, inbox_table.c.message_id.in_(ids)
+            )
+        ).scalar_one()
+    assert years_left.days > 50 * 365
+    with eng.begin() as conn:  # a checkpoint far behind, as a projection fed only live has
+        conn.execute(text("UPDATE reliable_projections SET position = 0 WHERE name = :n"), {"n": balances.name})
+    inbox_cleanup(eng, 1000)
+    late = catch_up(eng, balances)
+    assert late.read >= 4 and late.applied == 0
     assert [effects(eng)[i] for i in ids] == [1, 1, 1, 0]
 
 

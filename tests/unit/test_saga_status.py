@@ -102,3 +102,13 @@ def test_the_sweep_task_and_its_beat_entry() -> None:
         "schedule": 2.0,
         "options": {"expires": 5.0},
     }
+
+
+def test_a_re_sent_step_gets_a_doubling_lease_up_to_an_hour() -> None:
+    from celery_reliable.saga.driver import MAX_REDRIVE_LEASE_MS, MAX_REDRIVES, redrive_lease_ms
+
+    leases = [redrive_lease_ms(30_000, n) for n in range(MAX_REDRIVES)]
+    assert leases[:4] == [60_000, 120_000, 240_000, 480_000]
+    assert max(leases) == MAX_REDRIVE_LEASE_MS == leases[-1]
+    assert sum(leases) > 12 * 3600 * 1000  # a backlog cannot fail a healthy saga within hours
+    assert redrive_lease_ms(2 * MAX_REDRIVE_LEASE_MS, 3) == 2 * MAX_REDRIVE_LEASE_MS  # never below the step's own
