@@ -176,7 +176,9 @@ class Refusing:
 
 
 def test_a_refused_row_backs_off_then_dies_without_blocking_other_rows(db: Engine, queue: str) -> None:
-    app = make_app(reliable_outbox_max_attempts=3, reliable_outbox_retry_base=0.1, reliable_outbox_retry_cap=0.4)
+    # a base of 0.5 s: the "not due yet" check below must come before the first backoff
+    # (at least 0.25 s) ends, even on a loaded machine
+    app = make_app(reliable_outbox_max_attempts=3, reliable_outbox_retry_base=0.5, reliable_outbox_retry_cap=2.0)
     with Session(db) as session, session.begin():
         bad = enqueue(session, TASK, ["r", "k", 0], queue=queue, ordering_key="k")
         after_bad = enqueue(session, TASK, ["r", "k", 1], queue=queue, ordering_key="k")
@@ -202,8 +204,8 @@ def test_a_refused_row_backs_off_then_dies_without_blocking_other_rows(db: Engin
     second = _row(db, bad)
     delays.append((second.next_attempt_at - started[-1]).total_seconds())
     assert second.attempts == 2
-    # equal jitter: [0.05, 0.1] s after the first failure, [0.1, 0.2] s after the second
-    assert 0.05 <= delays[0] < 0.1 + 0.3 and 0.1 <= delays[1] < 0.2 + 0.3
+    # equal jitter: [0.25, 0.5] s after the first failure, [0.5, 1.0] s after the second
+    assert 0.25 <= delays[0] < 0.5 + 0.3 and 0.5 <= delays[1] < 1.0 + 0.3
     wait_until(retried, 5, interval=0.01, what="the third attempt")
     dead = _row(db, bad)
     assert dead.state == DEAD and dead.attempts == 3 and publisher.tries.count(bad) == 3
