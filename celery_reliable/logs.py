@@ -105,6 +105,8 @@ def log_decision(
         level: the log level.
         note: a sentence appended to the text, for people reading plain logs.
     """
+    if not logger.isEnabledFor(level):  # below the level: build nothing
+        return
     req = task.request
     log_decision_for(task.name, req.id, decision, idempotency_key_of(task), fields, event=event, level=level, note=note)
 
@@ -132,6 +134,8 @@ def log_decision_for(
         level: the log level.
         note: a sentence appended to the text.
     """
+    if not logger.isEnabledFor(level):
+        return
     data: dict[str, Any] = {"decision": decision}
     if event is not None:
         data["event"] = event
