@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -324,9 +325,12 @@ class ReliableTask(Task):
         deferred = rt.deferred()
         entry = deferred.entry(dict(sig), reason=reason)
         deferred.park(entry, delay_ms)
-        if reason != "retry":  # a retry is logged by the retry policy (or by Celery for self.retry)
-            from .logs import log_decision_for
+        from .logs import log_decision_for
+        from .logs import logger as decision_logger
 
+        # a retry is logged by the retry policy (or by Celery for self.retry); the key is
+        # built only when the line will be written
+        if reason != "retry" and decision_logger.isEnabledFor(logging.INFO):
             spec = self._reliable_spec
             key = None if spec is None else spec.scoped(self.name, tuple(args or ()), dict(kwargs or {}))
             log_decision_for(self.name, task_id, "deferred", key, {"reason": reason, "delay_ms": delay_ms})

@@ -251,16 +251,9 @@ def run_step(task: SagaTask, saga_id: str, index: int) -> dict[str, Any]:
             raise StepResultError(saga_id, f"step {step.name!r} returned a non-str key {key!r}")
     text = dumps({**row.context, **out}, where=f"context after step {step.name!r}")
     nxt = index + 1 if index + 1 < len(saga.steps) else None
-    try:
-        with _transaction(task) as conn:
-            if not store.advance(conn, saga_id, index, text, nxt, 0 if nxt is None else saga.steps[nxt].lease_ms):
-                raise _MovedOn()
-            store.log(conn, saga_id, "step_completed", index, step.name)
-            if nxt is None:
-                store.log(conn, saga_id, "completed")
-    except _MovedOn:
-        _moved_on(task, saga_id, index, step.name)
-        raise Ignore() from None
+    lease_ms = 0 if nxt is None else saga.steps[nxt].lease_ms
+    _commit_move(task, saga_id, index, step.name, "step_completed", "completed", nxt,
+                 lambda conn: store.advance(conn, saga_id, index, text, nxt, lease_ms))  # fmt: skip
     _finished(DO, nxt)
     return out
 
@@ -273,17 +266,38 @@ def run_compensation(task: SagaTask, saga_id: str, index: int) -> None:
     row = _current(task, saga_id, COMPENSATING, index)
     _call(task, step.compensate, step.bind, copy.deepcopy(row.context), saga_id, COMPENSATING, index, step.lease_ms)
     nxt = saga.compensable_below(index)
+    lease_ms = 0 if nxt is None else saga.steps[nxt].lease_ms
+    _commit_move(task, saga_id, index, step.name, "step_compensated", "compensated", nxt,
+                 lambda conn: store.compensated(conn, saga_id, index, nxt, lease_ms))  # fmt: skip
+    _finished(UNDO, nxt)
+
+
+def _commit_move(
+    task: SagaTask,
+    saga_id: str,
+    index: int,
+    name: str,
+    event: str,
+    last_event: str,
+    nxt: int | None,
+    move: Callable[[Connection], bool],
+) -> None:
+    """Commit the saga's move with the task's effects and log it (``last_event`` too when ``nxt`` is None).
+
+    Raises:
+        Ignore: the saga had moved on (timed out, cancelled, done by another delivery);
+            the task's transaction rolled back.
+    """
     try:
         with _transaction(task) as conn:
-            if not store.compensated(conn, saga_id, index, nxt, 0 if nxt is None else saga.steps[nxt].lease_ms):
+            if not move(conn):
                 raise _MovedOn()
-            store.log(conn, saga_id, "step_compensated", index, step.name)
+            store.log(conn, saga_id, event, index, name)
             if nxt is None:
-                store.log(conn, saga_id, "compensated")
+                store.log(conn, saga_id, last_event)
     except _MovedOn:
-        _moved_on(task, saga_id, index, step.name)
+        _moved_on(task, saga_id, index, name)
         raise Ignore() from None
-    _finished(UNDO, nxt)
 
 
 def _finished(phase: str | None = None, index: int | None = None) -> None:
