@@ -16,12 +16,14 @@ import inspect
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore, Reject, Retry
 
+from .admission import Ask
 from .breaker.breaker import CircuitBreaker
 from .errors import CircuitOpen, ConfigurationError
 from .events import emit
@@ -122,15 +124,37 @@ def breaker_for(spec: BreakerSpec, rt: Runtime) -> CircuitBreaker:
     return found
 
 
-def admit(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Permit | Answer:
+def prepare(task: Task, rt: Runtime) -> Ask | None:
+    """The breaker's question for the admission round trip, or None.
+
+    Only a breaker on the app's Redis joins it: one named in settings, or an object built
+    with ``url=`` the app's Redis URL and no test clock. Others ask on their own.
+    """
+    spec: BreakerSpec | None = task._reliable_breaker
+    if spec is None:
+        return None
+    breaker = breaker_for(spec, rt)
+    if breaker.client is not None or breaker.clock is not None or breaker.url != rt.config.redis_url:
+        return None
+    token = uuid.uuid4().hex
+    keys, args = breaker.admit_request(token)
+    return Ask("breaker", "breaker_admit", keys, args, {"token": token})
+
+
+def admit(
+    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, ask: Ask | None = None
+) -> Permit | Answer:
     """Ask the task's breaker; returns the permit, or the fallback's answer; parks the task while open.
+
+    ``ask``: the breaker's question, answered in the admission round trip; without an
+    answer the breaker is asked here.
 
     Raises:
         Ignore: the task was parked until the breaker lets probes through.
     """
     spec: BreakerSpec = task._reliable_breaker
     breaker = breaker_for(spec, rt)
-    permit = breaker.allow()
+    permit = breaker.permit_of(ask.take(), ask.state["token"]) if ask is not None and ask.answered else breaker.allow()
     _announce(task, rt, permit.change)
     if permit:
         return permit

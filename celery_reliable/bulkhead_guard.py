@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore
 
+from .admission import Ask
 from .breaker_guard import Answer
 from .bulkhead.bulkhead import Bulkhead
 from .bulkhead.policy import check_on_full
@@ -144,8 +145,34 @@ def bulkhead_for(spec: BulkheadSpec, rt: Runtime) -> Bulkhead[Any]:
     return found
 
 
-def take(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Held | Answer | None:
+def _owner(req: Context) -> str:
+    return f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
+
+
+def prepare(task: Task, req: Context, rt: Runtime) -> Ask | None:
+    """The bulkhead's question for the admission round trip, or None.
+
+    Only a bulkhead on the app's Redis client joins it (a tier, or an object built on
+    that client); others ask on their own.
+    """
+    spec: BulkheadSpec | None = task._reliable_bulkhead
+    if spec is None or (spec.tier is None and spec.bulkhead is None):
+        return None
+    bulkhead = bulkhead_for(spec, rt)
+    if bulkhead.client is not rt.redis:
+        return None
+    owner = _owner(req)
+    keys, args = bulkhead.acquire_request(owner)
+    return Ask("bulkhead", "bulkhead_acquire", keys, args, {"owner": owner})
+
+
+def take(
+    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, ask: Ask | None = None
+) -> Held | Answer | None:
     """Take a slot of the task's bulkhead, or act on a full one.
+
+    ``ask``: the bulkhead's question, answered in the admission round trip; without an
+    answer the bulkhead is asked here.
 
     Returns:
         The slot held (give it back with :func:`give_back`), a fallback's :class:`Answer`,
@@ -159,8 +186,10 @@ def take(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
     if spec is None or (spec.tier is None and spec.bulkhead is None):
         return None
     bulkhead = bulkhead_for(spec, rt)
-    owner = f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
-    admission = bulkhead.try_acquire(owner)
+    if ask is not None and ask.answered:
+        admission = bulkhead.admission_of(ask.state["owner"], ask.take())
+    else:
+        admission = bulkhead.try_acquire(_owner(req))
     if admission.slot is not None:
         slot = admission.slot
         lease = heartbeat().add(Lease(f"bulkhead:{bulkhead.name}", bulkhead.lease_ms, lambda: bulkhead.renew(slot)))

@@ -2,9 +2,12 @@
 
 The order of the guards (DESIGN.md §4): the delivery count (poison cap); for a
 rate-limited task, the lookup of a completed key then the rate-limit meter; the circuit
-breaker; the bulkhead slot; the singleton lock; the idempotency claim (one Redis round trip); the body with its
-claim and lock renewed by the heartbeat; then completion (one Redis round trip, plus the
-database write when one is configured). Any "not now" parks the task in the deferred set.
+breaker; the bulkhead slot; the retry budget's deposit; the singleton lock; the
+idempotency claim. The guards on the app's Redis are asked in one round trip, one
+composite script that stops at the first guard that does not grant (see
+:mod:`.admission`); then the body runs with its claim and lock renewed by the heartbeat;
+then completion (plus the database write when one is configured). Any "not now" parks
+the task in the deferred set.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import _failpoints, breaker_guard, bulkhead_guard, failure_guard, poison, rate_guard
+from . import _failpoints, breaker_guard, bulkhead_guard, failure_guard, lock_guard, poison, rate_guard
+from .admission import Admission, Ask
 from .errors import IdempotencyKeyMismatch, KeyInProgress, ResultNotSerializable, SerializationError
 from .events import emit
 from .heartbeat import Lease, heartbeat
@@ -163,13 +167,16 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
         deliveries = poison.count(rt.redis, rt.config.key_prefix, req.id)
         if deliveries > rt.config.max_deliveries:
             failure_guard.poison(task, req, args, kwargs, rt, deliveries)
+    adm = Admission()
     try:
+        _prepare(task, req, args, kwargs, rt, adm)
+        adm.ask(rt)
         if task._reliable_rate is not None and not req.is_eager:
-            done = _stored_result(task, args, kwargs, rt)
+            done = _stored_result(task, args, kwargs, rt, adm.get("done"))
             if done is not None:  # a completed key answers at once, without taking a rate-limit slot
                 return done[0]
-            rate_guard.admit(task, req, args, kwargs, rt)  # raises Ignore when parked until its slot
-        return _run_admitted(task, req, args, kwargs, rt)
+            rate_guard.admit(task, req, args, kwargs, rt, adm.get("rate"))  # raises Ignore when parked
+        return _run_admitted(task, req, args, kwargs, rt, adm)
     except (Ignore, Reject, Retry):
         raise
     except Exception as exc:
@@ -178,9 +185,62 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
     finally:
         if deliveries is not None:
             poison.forget(rt.redis, rt.config.key_prefix, req.id)
+        unused = adm.unused_grants()
+        if unused:
+            _give_back_unused(task, rt, unused)
 
 
-def _run_admitted(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Any:
+def _prepare(
+    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, adm: Admission
+) -> None:
+    """Collect the questions of the task's guards on the app's Redis, in admission order."""
+    spec = task._reliable_spec
+    scoped = None if spec is None else spec.scoped(task.name, args, kwargs)
+    idem = rt.idempotency()
+    if scoped is not None and task._reliable_rate is not None and not req.is_eager:
+        done_key, _, _ = idem.keys(scoped)
+        adm.add(Ask("done", "idem_done", [done_key], []))
+    adm.add(rate_guard.prepare(task, req, args, kwargs, rt))
+    adm.add(breaker_guard.prepare(task, rt))
+    adm.add(bulkhead_guard.prepare(task, req, rt))
+    if task.retry_budget and not req.retries:
+        budget = failure_guard.budget_for(task, rt)
+        if budget is not None and budget.client is rt.redis:
+            adm.add(Ask("budget", "retry_budget", *budget.request("call")))
+    adm.add(lock_guard.prepare(task, args, kwargs, rt))
+    if scoped is not None:
+        owner = f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
+        keys, claim_args = idem.claim_request(scoped, owner, rt.config.claim_lease_ms)
+        adm.add(Ask("claim", "idem_claim", keys, claim_args, {"scoped": scoped, "owner": owner}))
+        if rt.has_database:
+            adm.epoch_key = idem.epoch_key
+
+
+def _give_back_unused(task: Task, rt: Runtime, unused: list[Ask]) -> None:
+    """Give back what the admission granted but no guard took (an error came between)."""
+    for ask in unused:
+        try:
+            if ask.guard == "breaker":
+                breaker = breaker_guard.breaker_for(task._reliable_breaker, rt)
+                breaker.record(breaker.permit_of(ask.reply, ask.state["token"]), "ignored")
+            elif ask.guard == "bulkhead":
+                bulkhead = bulkhead_guard.bulkhead_for(task._reliable_bulkhead, rt)
+                slot = bulkhead.admission_of(ask.state["owner"], ask.reply).slot
+                if slot is not None:
+                    bulkhead.release(slot)
+            elif ask.guard == "lock":
+                lock = ask.state["lock"]
+                if lock.acquire_answered(ask.state["owner"], ask.reply):
+                    lock.release()
+            elif ask.guard == "claim":
+                rt.idempotency().release(ask.state["scoped"], ask.state["owner"])
+        except Exception as exc:  # each frees itself after its lease
+            logger.warning("%s: could not give back the %s the admission granted: %r", task.name, ask.guard, exc)
+
+
+def _run_admitted(
+    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, adm: Admission
+) -> Any:
     """Run under the circuit breaker and in a bulkhead slot, if the task has them.
 
     The breaker's permit is asked first and the attempt's outcome recorded after (only
@@ -189,22 +249,22 @@ def _run_admitted(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[
     """
     permit: Permit | None = None
     if task._reliable_breaker is not None:
-        asked = breaker_guard.admit(task, req, args, kwargs, rt)  # parks the task while open
+        asked = breaker_guard.admit(task, req, args, kwargs, rt, adm.get("breaker"))  # parks the task while open
         if isinstance(asked, breaker_guard.Answer):
             return asked.value
         permit = asked
     started = time.monotonic()
     entered = body_entered.set(False)
     try:
-        held = bulkhead_guard.take(task, req, args, kwargs, rt)  # parks or rejects the task when full
+        held = bulkhead_guard.take(task, req, args, kwargs, rt, adm.get("bulkhead"))  # parks or rejects when full
         if isinstance(held, breaker_guard.Answer):
             if permit is not None:  # the fallback answered: the dependency was not called
                 breaker_guard.done(task, rt, permit, started, None, None, entered=False)
             return held.value
         try:
             if task.retry_budget and not req.retries:
-                _deposit(task, rt)
-            result = _run_locked(task, req, args, kwargs, rt)
+                _deposit(task, rt, adm.get("budget"))
+            result = _run_locked(task, req, args, kwargs, rt, adm)
         finally:
             bulkhead_guard.give_back(held)
     except BaseException as exc:
@@ -219,14 +279,24 @@ def _run_admitted(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[
     return result
 
 
-def _stored_result(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> tuple[Any] | None:
-    """The stored result of a keyed task whose key completed (from Redis), as a 1-tuple."""
+def _stored_result(
+    task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, ask: Ask | None
+) -> tuple[Any] | None:
+    """The stored result of a keyed task whose key completed (from Redis), as a 1-tuple.
+
+    ``ask``: the lookup, answered in the admission round trip; without an answer Redis
+    is asked here.
+    """
     spec = task._reliable_spec
     if spec is None:
         return None
     scoped = spec.scoped(task.name, args, kwargs)
     try:
-        record = rt.idempotency().done(scoped)
+        if ask is not None and ask.answered:
+            raw = ask.take()
+            record = None if raw is None else Record.from_json(raw)
+        else:
+            record = rt.idempotency().done(scoped)
     except Exception:  # the claim decides later; the lookup only spares a slot
         return None
     if record is None:
@@ -235,34 +305,44 @@ def _stored_result(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], rt
     return (replay(task, rt, scoped, fingerprint(args, kwargs), record),)
 
 
-def _deposit(task: Task, rt: Runtime) -> None:
+def _deposit(task: Task, rt: Runtime, ask: Ask | None) -> None:
+    if ask is not None and ask.answered:  # deposited in the admission round trip
+        ask.take()
+        return
     try:
         failure_guard.budget_for(task, rt).record_call()
     except Exception as exc:  # the budget is advisory; the task runs
         logger.warning("%s: could not record the call in the retry budget: %r", task.name, exc)
 
 
-def _run_locked(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Any:
+def _run_locked(
+    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, adm: Admission
+) -> Any:
     """Run under the task's singleton lock, if it has one."""
     lock_spec = task._reliable_lock
     if lock_spec is None:
-        return _run_keyed(task, req, args, kwargs)
-    from . import lock_guard
+        return _run_keyed(task, req, args, kwargs, adm.get("claim"), adm.epoch)
     from .locks.task_lock import current_lock
 
-    lock = lock_guard.take(task, req, args, kwargs, rt, lock_spec)
+    lock = lock_guard.take(task, req, args, kwargs, rt, lock_spec, adm.get("lock"))
     if lock is lock_guard.SKIPPED:
         return None
     token = current_lock.set(lock)
     try:
-        return _run_keyed(task, req, args, kwargs)
+        return _run_keyed(task, req, args, kwargs, adm.get("claim"), adm.epoch)
     finally:
         current_lock.reset(token)
         lock_guard.give_back(task, rt, lock)
 
 
-def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run the body under its idempotency key, if it has one."""
+def _run_keyed(
+    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], ask: Ask | None, warm: bool
+) -> Any:
+    """Run the body under its idempotency key, if it has one.
+
+    ``ask``: the claim, answered in the admission round trip (``warm``: whether Redis held
+    its epoch then); without an answer the key is claimed here.
+    """
     spec = task._reliable_spec
     inbox_spec = task._reliable_inbox
     inbox = None if inbox_spec is None else inbox_spec.entry(task.name, req.id, args, kwargs)
@@ -281,14 +361,20 @@ def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str
 
     rt = runtime(task.app)
     cfg = rt.config
-    scoped = spec.scoped(task.name, args, kwargs)
+    if ask is not None:
+        scoped, owner = ask.state["scoped"], ask.state["owner"]
+    else:
+        scoped = spec.scoped(task.name, args, kwargs)
+        owner = f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
     req.idempotency_key = scoped  # the stable key to pass to downstream APIs
     fp = fingerprint(args, kwargs)
     ttl_ms = spec.ttl_ms or cfg.idempotency_ttl_ms
-    owner = f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
     idem = rt.idempotency()
 
-    claim = idem.claim(scoped, owner, cfg.claim_lease_ms, check_epoch=rt.has_database)
+    if ask is not None and ask.answered:
+        claim = idem.claim_of(ask.take(), warm)
+    else:
+        claim = idem.claim(scoped, owner, cfg.claim_lease_ms, check_epoch=rt.has_database)
     if claim.status == "done":
         assert claim.record is not None
         return replay(task, rt, scoped, fp, claim.record)

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .admission import Ask
 from .errors import LockNotAcquired
 from .events import emit
-from .locks.redis_lock import _HOST, WAKE_TTL_MS
+from .locks.redis_lock import _HOST, WAKE_TTL_MS, new_owner
 from .locks.task_lock import LockSpec, make_lock
 from .scripts import script_for
 
@@ -27,8 +28,34 @@ logger = logging.getLogger("celery_reliable")
 SKIPPED = object()
 
 
-def take(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, spec: LockSpec) -> Any:
+def prepare(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Ask | None:
+    """The lock's question for the admission round trip, or None.
+
+    Only the ``redis`` backend joins it; Redlock and PostgreSQL locks ask on their own.
+    """
+    spec: LockSpec | None = task._reliable_lock
+    if spec is None or (spec.backend or rt.config.lock_backend) != "redis":
+        return None
+    name = spec.name(task.name, args, kwargs)
+    lock = make_lock(rt, spec, name)
+    owner = new_owner()
+    keys, lock_args = lock.acquire_request(owner)
+    return Ask("lock", "lock_acquire", keys, lock_args, {"lock": lock, "name": name, "owner": owner})
+
+
+def take(
+    task: Task,
+    req: Context,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    rt: Runtime,
+    spec: LockSpec,
+    ask: Ask | None = None,
+) -> Any:
     """Acquire the task's lock without waiting, or act on ``on_locked``.
+
+    ``ask``: the lock's question, answered in the admission round trip; without an
+    answer the lock is asked for here.
 
     Returns:
         the held lock, or :data:`SKIPPED`.
@@ -37,9 +64,14 @@ def take(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
         Ignore: the task was deferred (``on_locked="defer"``).
         LockNotAcquired: ``on_locked="fail"``, or an eager call that cannot be deferred.
     """
-    name = spec.name(task.name, args, kwargs)
-    lock = make_lock(rt, spec, name)
-    if lock.acquire(blocking=False):
+    if ask is not None and ask.answered:
+        name, lock = ask.state["name"], ask.state["lock"]
+        acquired = lock.acquire_answered(ask.state["owner"], ask.take())
+    else:
+        name = spec.name(task.name, args, kwargs)
+        lock = make_lock(rt, spec, name)
+        acquired = lock.acquire(blocking=False)
+    if acquired:
         req.fencing_token = lock.token
         req.lock_name = name
         return lock

@@ -37,6 +37,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 from redis.exceptions import RedisError
 
+from .admission import Ask
 from .errors import BackendUnavailable
 from .events import emit
 from .ratelimit.base import limiter_key
@@ -88,43 +89,60 @@ def booking_of(req: Context) -> dict[str, Any] | None:
     return None
 
 
-def _on_time(client: Any, booking: dict[str, Any]) -> tuple[bool, int]:
-    """Whether a booked task came back within its lateness allowance; and the server time."""
-    seconds, micros = client.time()
-    now_us = int(seconds) * 1_000_000 + int(micros)
-    at_us, late_us = int(booking.get("at_us") or 0), int(booking.get("late_us") or 0)
-    return now_us - at_us <= late_us, now_us
+def prepare(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> Ask | None:
+    """The meter's question for this delivery (for the admission round trip), or None.
+
+    A delivery carrying its booking asks whether it is still good (it came back within
+    its lateness allowance), and books anew only if not, in the same script.
+    """
+    spec: RateSpec | None = task._reliable_rate
+    if spec is None or req.is_eager:
+        return None
+    meter, key, limit, cost = spec.call(task.name, args, kwargs)
+    interval_us, burst = intervals(limit)
+    held = booking_of(req)
+    book_args: list[Any] = [interval_us, burst, cost]
+    if held is not None:
+        book_args += [int(held.get("at_us") or 0), int(held.get("late_us") or 0)]
+    state = {"key": key, "limit": limit, "held": held}
+    return Ask("rate", "ratelimit_gcra_book", [limiter_key(rt.config.key_prefix, meter, key)], book_args, state)
 
 
-def admit(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime) -> None:
+def admit(
+    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, ask: Ask | None = None
+) -> None:
     """Let this delivery run now, or park it until its booked instant (raises ``Ignore``).
+
+    ``ask``: the meter's question, answered in the admission round trip; without an
+    answer the meter is asked here (one round trip).
 
     Sets ``req.rate_limit_slot`` (``{"key", "at_us", ...}``, ``at_us`` the server time of
     the instant the body was admitted for, in microseconds) for the body.
     """
-    spec: RateSpec | None = task._reliable_rate
-    if spec is None or req.is_eager:
-        return
-    meter, key, limit, cost = spec.call(task.name, args, kwargs)
+    if ask is None:
+        ask = prepare(task, req, args, kwargs, rt)
+        if ask is None:
+            return
     try:
-        held = booking_of(req)
-        if held is not None:
-            on_time, now_us = _on_time(rt.redis, held)
-            if on_time:
-                req.rate_limit_slot = held
-                return
-            logger.info(
-                "%s[%s]: back %d ms after its instant; booking again",
-                task.name,
-                req.id,
-                (now_us - held["at_us"]) // 1000,
-            )
-        wait_us, now_us = book(rt.redis, limiter_key(rt.config.key_prefix, meter, key), limit, cost)
+        reply = ask.take() if ask.answered else script_for(rt.redis, ask.script)(keys=ask.keys, args=ask.args)
     except RedisError as exc:
         if rt.config.rate_limit_on_redis_error == "allow":
             logger.warning("%s[%s]: rate limit not checked, Redis unreachable (%r); running", task.name, req.id, exc)
             return
         _defer_without_redis(task, req, args, kwargs, rt, exc)
+    wait_us, now_us = max(int(reply[0]), 0), int(reply[1])
+    held: dict[str, Any] | None = ask.state["held"]
+    if held is not None:
+        if len(reply) > 2 and int(reply[2]) == 1:
+            req.rate_limit_slot = held
+            return
+        logger.info(
+            "%s[%s]: back %d ms after its instant; booking again",
+            task.name,
+            req.id,
+            (now_us - int(held.get("at_us") or 0)) // 1000,
+        )
+    key, limit = ask.state["key"], ask.state["limit"]
     interval_us, burst = intervals(limit)
     booking = {
         "id": req.id,

@@ -208,6 +208,18 @@ class CircuitBreaker:
 
     # -- redis.Redis --------------------------------------------------------------------
 
+    def admit_request(self, token: str) -> tuple[list[str], list[str]]:
+        """The keys and arguments of ``breaker_admit.lua`` for a call with permit ``token``.
+
+        For callers that run the script themselves (a task's admission round trip);
+        hand the script's reply to :meth:`permit_of`.
+        """
+        return list(self.keys), self._args.admit(token)
+
+    def permit_of(self, reply: Any, token: str) -> Permit:
+        """The permit ``breaker_admit.lua`` answered for ``token`` (a transition it made is announced)."""
+        return self._admitted(reply, token)
+
     def allow(self) -> Permit:
         """Ask, in one atomic script, whether a call may go ahead now.
 

@@ -122,18 +122,27 @@ class Bulkhead(Generic[C]):
             ConfigurationError: for a bad owner token.
         """
         token = new_owner() if owner is None else check_name(owner, "owner")
+        keys, args = self.acquire_request(token)
+        return self._run("bulkhead_acquire", keys, args, lambda reply: self.admission_of(token, reply))
 
-        def decide(reply: list[int]) -> Admission:
-            acquired, in_use, likely_ms, earliest_ms, now_ms = (int(x) for x in reply)
-            if acquired == 1:
-                slot = Slot(self.name, token, self.lease_ms, now_ms)
-                return Admission(True, in_use, self.size, 0.0, 0.0, now_ms / 1000, slot)
-            # Not sooner than MIN_RETRY_AFTER_MS (short holds would make callers spin),
-            # unless the earliest lease runs out sooner still.
-            retry_ms = min(max(likely_ms, MIN_RETRY_AFTER_MS), earliest_ms)
-            return Admission(False, in_use, self.size, retry_ms / 1000, earliest_ms / 1000, now_ms / 1000)
+    def acquire_request(self, owner: str) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``bulkhead_acquire.lua`` for ``owner`` (a checked token).
 
-        return self._run("bulkhead_acquire", [self.key, self.hold_key], [token, self.size, self.lease_ms], decide)
+        For callers that run the script themselves (a task's admission round trip);
+        hand the script's reply to :meth:`admission_of`.
+        """
+        return [self.key, self.hold_key], [owner, self.size, self.lease_ms]
+
+    def admission_of(self, owner: str, reply: list[Any]) -> Admission:
+        """The :class:`Admission` ``bulkhead_acquire.lua`` answered for ``owner``."""
+        acquired, in_use, likely_ms, earliest_ms, now_ms = (int(x) for x in reply)
+        if acquired == 1:
+            slot = Slot(self.name, owner, self.lease_ms, now_ms)
+            return Admission(True, in_use, self.size, 0.0, 0.0, now_ms / 1000, slot)
+        # Not sooner than MIN_RETRY_AFTER_MS (short holds would make callers spin),
+        # unless the earliest lease runs out sooner still.
+        retry_ms = min(max(likely_ms, MIN_RETRY_AFTER_MS), earliest_ms)
+        return Admission(False, in_use, self.size, retry_ms / 1000, earliest_ms / 1000, now_ms / 1000)
 
     @overload
     def release(self: Bulkhead[UnknownClient], slot: Slot) -> Any: ...

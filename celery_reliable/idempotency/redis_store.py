@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import NoScriptError
@@ -75,12 +76,22 @@ class RedisIdempotency:
                 raise epoch
         else:
             reply, epoch = self.scripts.idem_claim(keys=[done, claim], args=[owner, lease_ms]), 1
+        return self.claim_of(reply, bool(epoch))
+
+    def claim_request(self, scoped: str, owner: str, lease_ms: int) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of ``idem_claim.lua`` (for a caller running it; see :meth:`claim_of`)."""
+        done, claim, _ = self.keys(scoped)
+        return [done, claim], [owner, lease_ms]
+
+    @staticmethod
+    def claim_of(reply: list[Any], warm: bool) -> ClaimResult:
+        """The :class:`ClaimResult` of ``idem_claim.lua``'s reply; ``warm``: whether the epoch key was there."""
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         if status == "done":
             return ClaimResult("done", record=Record.from_json(reply[1]))
         if status == "busy":
             return ClaimResult("busy", busy_ms=max(int(reply[1]), 0))
-        return ClaimResult("claimed", warm=bool(epoch))
+        return ClaimResult("claimed", warm=warm)
 
     def done(self, scoped: str) -> Record | None:
         """The cached record of a completed key, if Redis holds one (one GET)."""

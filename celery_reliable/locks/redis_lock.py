@@ -227,11 +227,34 @@ class RedisLock(LeaseContext):
         """
         self._check_client(want_async=False)
         block, deadline = self._resolve(blocking, timeout)
-        owner = new_owner()
+        return self._acquire(new_owner(), block, deadline, None)
+
+    def acquire_request(self, owner: str) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of a non-blocking ``lock_acquire.lua`` call for ``owner``.
+
+        For callers that run the script themselves (a task's admission round trip);
+        hand the script's reply to :meth:`acquire_answered`. ``owner`` must be unique to
+        this hold (see :func:`new_owner`).
+        """
+        return list(self._acquire_keys), self._acquire_args(owner, False)
+
+    def acquire_answered(self, owner: str, reply: Any) -> bool:
+        """Finish a non-blocking acquire whose script the caller ran (see :meth:`acquire_request`).
+
+        Returns:
+            True when acquired (the heartbeat runs as after :meth:`acquire`); False when busy.
+        """
+        self._check_client(want_async=False)
+        return self._acquire(owner, False, None, reply)
+
+    def _acquire(self, owner: str, block: bool, deadline: float | None, reply: Any) -> bool:
         script = script_for(self.client, "lock_acquire")
         args = self._acquire_args(owner, block)
         while True:
-            kind, value = self._reply(script(keys=self._acquire_keys, args=args))
+            if reply is None:
+                reply = script(keys=self._acquire_keys, args=args)
+            kind, value = self._reply(reply)
+            reply = None
             if kind == "granted":
                 self._granted(owner, value)
                 self._start_heartbeat()

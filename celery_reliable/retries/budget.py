@@ -129,8 +129,15 @@ class RetryBudget:
         if want_async != self._async:
             use = "the a* methods with redis.asyncio.Redis" if self._async else "the plain methods with redis.Redis"
             raise ConfigurationError("client", f"{self.client!r} does not fit this method; use {use}")
-        args = [self._bucket_ms, self._buckets, op, n, self._deposit, self._reserve]
-        return script_for(self.client, "retry_budget")(keys=[self.key], args=args)
+        keys, args = self.request(op, n)
+        return script_for(self.client, "retry_budget")(keys=keys, args=args)
+
+    def request(self, op: str, n: int = 1) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``retry_budget.lua`` for ``op`` (``"call"``, ``"spend"``, ``"state"``).
+
+        For callers that run the script themselves (a task's admission round trip).
+        """
+        return [self.key], [self._bucket_ms, self._buckets, op, n, self._deposit, self._reserve]
 
     def _state(self, reply: Any) -> BudgetState:
         _, balance, calls, retries = (int(x) for x in reply)
