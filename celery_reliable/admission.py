@@ -14,6 +14,12 @@ failed) asks on its own, with its own error policy, as it would without this mod
 grant nobody took (an exception between two guards) is given back when the execution
 ends (:meth:`Admission.give_back_unused`).
 
+Completion is one round trip too: a guard that took a grant on the app's Redis leaves
+its give-back with the admission (:meth:`Admission.hold`); when the body has succeeded,
+the claim's completion and every give-back (lock, bulkhead slot, the breaker's success)
+go out in one pipeline (:meth:`Admission.finish`), the claim's first. A failure path
+gives back one by one, as before.
+
 Guards whose state is elsewhere stay outside: Redlock and PostgreSQL advisory locks,
 and breakers or bulkheads built by the user on another Redis client.
 """
@@ -22,13 +28,14 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from .scripts import script_source
+from .scripts import script_for, script_source
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -78,13 +85,35 @@ class Ask:
 
 
 @dataclass
+class Release:
+    """A grant's give-back, sent with the completion round trip.
+
+    Attributes:
+        guard: the guard that holds the grant (``"lock"``, ``"bulkhead"``, ``"breaker"``).
+        script: the script that gives it back, ``lua/<script>.lua``.
+        request: called when the give-back is sent; ends the hold on this side (stops its
+            heartbeat) and returns the script's keys and arguments, or ``None`` when
+            nothing needs sending.
+        then: acts on the script's reply, or on the exception the call raised.
+        sent: set once the give-back went out (or needed nothing).
+    """
+
+    guard: str
+    script: str
+    request: Callable[[], tuple[list[str], list[Any]] | None]
+    then: Callable[[Any], None]
+    sent: bool = False
+
+
+@dataclass
 class Admission:
-    """The guards' questions for one execution, asked together by :meth:`ask`."""
+    """The guards' questions for one execution, asked together by :meth:`ask`; their give-backs."""
 
     asks: dict[str, Ask] = field(default_factory=dict)
     epoch_key: str | None = None  # read along with the replies when the claim needs it
     epoch: bool = True
     round_trips: int = 0
+    releases: list[Release] = field(default_factory=list)
 
     def add(self, ask: Ask | None) -> None:
         """Add a guard's question (``None``: the guard has none, or asks on its own)."""
@@ -134,6 +163,75 @@ class Admission:
             raise epoch
         self.epoch = bool(epoch)
         return list(reply)
+
+    def hold(self, release: Release | None) -> None:
+        """Keep a grant's give-back for the completion round trip (``None``: nothing to keep)."""
+        if release is not None:
+            self.releases.append(release)
+
+    def released(self, guard: str) -> bool:
+        """Whether ``guard``'s give-back already went out with the completion."""
+        return any(r.sent for r in self.releases if r.guard == guard)
+
+    def finish(self, rt: Runtime, claim: tuple[str, list[Any], list[Any]] | None) -> Any:
+        """Complete the claim (``(script, keys, args)``, or ``None``) and give every grant back: one round trip.
+
+        The calls run in order: the claim's completion first, then the give-backs from the
+        innermost grant out (lock, bulkhead slot, breaker). Each give-back acts on its own
+        reply; a give-back that failed is logged by its guard (its lease frees it).
+
+        Returns:
+            The claim's reply (``None`` without a claim).
+
+        Raises:
+            Exception: what the claim's completion raised (after every give-back acted).
+        """
+        calls: list[tuple[Release | None, str, list[Any], list[Any]]] = []
+        if claim is not None:
+            calls.append((None, *claim))
+        for release in reversed(self.releases):
+            if release.sent:
+                continue
+            release.sent = True
+            asked = release.request()
+            if asked is not None:
+                calls.append((release, release.script, *asked))
+        if not calls:
+            return None
+        try:
+            replies = self._send(rt, [(script, keys, args) for _, script, keys, args in calls])
+        except Exception as exc:
+            replies = [exc] * len(calls)
+        claim_reply: Any = None
+        for (giving_back, _, _, _), reply in zip(calls, replies, strict=True):
+            if giving_back is None:
+                claim_reply = reply
+            else:
+                giving_back.then(reply)
+        if isinstance(claim_reply, Exception):
+            raise claim_reply
+        return claim_reply
+
+    @staticmethod
+    def _send(rt: Runtime, calls: list[tuple[str, list[Any], list[Any]]]) -> list[Any]:
+        """Send scripts in one pipeline; one reply (or exception) per script, in order."""
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            try:
+                return [script_for(rt.redis, script)(keys=keys, args=args)]
+            except Exception as exc:
+                return [exc]
+        pipe = rt.redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script_for(rt.redis, script).sha, len(keys), *keys, *args)
+        replies = list(pipe.execute(raise_on_error=False))
+        for i, (script, keys, args) in enumerate(calls):
+            if isinstance(replies[i], NoScriptError):  # a restarted Redis: load and send again
+                try:
+                    replies[i] = script_for(rt.redis, script)(keys=keys, args=args)
+                except Exception as exc:
+                    replies[i] = exc
+        return replies
 
     def unused_grants(self) -> list[Ask]:
         """Answered questions that granted something no guard took."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from .admission import Ask
+from .admission import Ask, Release
 from .breaker.breaker import CircuitBreaker
 from .errors import CircuitOpen, ConfigurationError
 from .events import emit
@@ -176,6 +176,29 @@ def admit(
     spread_ms = random.randint(0, breaker.options.recovery_timeout_ms // 2)
     delay_ms = max(round(permit.retry_after * 1000), 50) + spread_ms
     defer(task, req, args, kwargs, rt, delay_ms, reason="circuit-open", event="task-circuit-open", **fields)
+
+
+def success_of(task: Task, rt: Runtime, permit: Permit, ask: Ask | None, started: float) -> Release | None:
+    """The record of a successful attempt, for the completion round trip; or None.
+
+    Only for a breaker that joined the admission (it is on the app's Redis) and keeps no
+    last good result (that fallback writes the result too: :func:`done` does both).
+    """
+    spec: BreakerSpec = task._reliable_breaker
+    if ask is None or not ask.answered or spec.fallback == LAST_RESULT:
+        return None
+    breaker = breaker_for(spec, rt)
+
+    def request() -> tuple[list[str], list[str]] | None:
+        return breaker.record_request(permit, "success", time.monotonic() - started)
+
+    def then(reply: Any) -> None:
+        if isinstance(reply, Exception):
+            logger.warning("%s: could not record the outcome with breaker %s: %r", task.name, spec.name, reply)
+        else:
+            _announce(task, rt, breaker.recorded(reply))
+
+    return Release("breaker", "breaker_record", request, then)
 
 
 def done(

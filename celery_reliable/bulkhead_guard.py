@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore
 
-from .admission import Ask
+from .admission import Ask, Release
 from .breaker_guard import Answer
 from .bulkhead.bulkhead import Bulkhead
 from .bulkhead.policy import check_on_full
@@ -227,6 +227,24 @@ def _fail(task: Task, req: Context, exc: BaseException) -> None:
         )
 
 
+def release_of(held: Held | Answer | None, rt: Runtime) -> Release | None:
+    """The slot's give-back for the completion round trip (a bulkhead on the app's Redis), or None."""
+    if not isinstance(held, Held) or held.bulkhead.client is not rt.redis:
+        return None
+
+    def request() -> tuple[list[str], list[Any]]:
+        heartbeat().remove(held.lease)
+        return held.bulkhead.release_request(held.slot)
+
+    def then(reply: Any) -> None:
+        if isinstance(reply, Exception):
+            _not_released(held)
+        else:
+            held.bulkhead.release_answered(held.slot, reply)
+
+    return Release("bulkhead", "bulkhead_release", request, then)
+
+
 def give_back(held: Held | None) -> None:
     """Release a slot taken by :func:`take` (a lost slot is only logged by the heartbeat)."""
     if held is None:
@@ -235,9 +253,13 @@ def give_back(held: Held | None) -> None:
     try:
         held.bulkhead.release(held.slot)
     except Exception:  # the lease expires on its own
-        logging.getLogger("celery_reliable").warning(
-            "could not release bulkhead slot of %s; it frees itself after its lease", held.bulkhead.name
-        )
+        _not_released(held)
+
+
+def _not_released(held: Held) -> None:
+    logging.getLogger("celery_reliable").warning(
+        "could not release bulkhead slot of %s; it frees itself after its lease", held.bulkhead.name
+    )
 
 
 def check_depth(task: Task, args: Any, kwargs: Any, options: dict[str, Any], rt: Runtime) -> None:

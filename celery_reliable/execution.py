@@ -245,7 +245,8 @@ def _run_admitted(
 
     The breaker's permit is asked first and the attempt's outcome recorded after (only
     when the body ran: see :data:`body_entered`); the bulkhead slot is held for the lock,
-    the claim and the body, and given back after.
+    the claim and the body, and given back after. A successful body's completion sends
+    the slot back and the breaker's success with the claim (:meth:`Admission.finish`).
     """
     permit: Permit | None = None
     if task._reliable_breaker is not None:
@@ -254,6 +255,8 @@ def _run_admitted(
             return asked.value
         permit = asked
     started = time.monotonic()
+    if permit is not None:
+        adm.hold(breaker_guard.success_of(task, rt, permit, adm.get("breaker"), started))
     entered = body_entered.set(False)
     try:
         held = bulkhead_guard.take(task, req, args, kwargs, rt, adm.get("bulkhead"))  # parks or rejects when full
@@ -261,18 +264,20 @@ def _run_admitted(
             if permit is not None:  # the fallback answered: the dependency was not called
                 breaker_guard.done(task, rt, permit, started, None, None, entered=False)
             return held.value
+        adm.hold(bulkhead_guard.release_of(held, rt))
         try:
             if task.retry_budget and not req.retries:
                 _deposit(task, rt, adm.get("budget"))
             result = _run_locked(task, req, args, kwargs, rt, adm)
         finally:
-            bulkhead_guard.give_back(held)
+            if not adm.released("bulkhead"):
+                bulkhead_guard.give_back(held)
     except BaseException as exc:
-        if permit is not None:
+        if permit is not None and not adm.released("breaker"):
             breaker_guard.done(task, rt, permit, started, exc, None, entered=body_entered.get())
         raise
     else:
-        if permit is not None:
+        if permit is not None and not adm.released("breaker"):
             breaker_guard.done(task, rt, permit, started, None, result, entered=body_entered.get())
     finally:
         body_entered.reset(entered)
@@ -321,45 +326,49 @@ def _run_locked(
     """Run under the task's singleton lock, if it has one."""
     lock_spec = task._reliable_lock
     if lock_spec is None:
-        return _run_keyed(task, req, args, kwargs, adm.get("claim"), adm.epoch)
+        return _run_keyed(task, req, args, kwargs, adm)
     from .locks.task_lock import current_lock
 
     lock = lock_guard.take(task, req, args, kwargs, rt, lock_spec, adm.get("lock"))
     if lock is lock_guard.SKIPPED:
         return None
+    adm.hold(lock_guard.release_of(task, rt, lock))
     token = current_lock.set(lock)
     try:
-        return _run_keyed(task, req, args, kwargs, adm.get("claim"), adm.epoch)
+        return _run_keyed(task, req, args, kwargs, adm)
     finally:
         current_lock.reset(token)
-        lock_guard.give_back(task, rt, lock)
+        if not adm.released("lock"):
+            lock_guard.give_back(task, rt, lock)
 
 
-def _run_keyed(
-    task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], ask: Ask | None, warm: bool
-) -> Any:
+def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], adm: Admission) -> Any:
     """Run the body under its idempotency key, if it has one.
 
-    ``ask``: the claim, answered in the admission round trip (``warm``: whether Redis held
-    its epoch then); without an answer the key is claimed here.
+    The claim was asked in the admission round trip (when answered there, with whether
+    Redis held its epoch then); otherwise the key is claimed here. A successful body's
+    completion gives the outer guards' grants back in the same round trip.
     """
     spec = task._reliable_spec
     inbox_spec = task._reliable_inbox
     inbox = None if inbox_spec is None else inbox_spec.entry(task.name, req.id, args, kwargs)
+    rt = runtime(task.app)
     if spec is None:
         plain = Execution(task.name, req.id, inbox=inbox)
         token = current.set(plain)
         try:
             body_entered.set(True)
-            return task.run(*args, **kwargs)
+            result = task.run(*args, **kwargs)
         except BaseException:
             if plain.inbox_duplicate:
                 return _inbox_duplicate(task, plain)
             raise
         finally:
             current.reset(token)
+        adm.finish(rt, None)
+        return result
 
-    rt = runtime(task.app)
+    ask = adm.get("claim")
     cfg = rt.config
     if ask is not None:
         scoped, owner = ask.state["scoped"], ask.state["owner"]
@@ -372,7 +381,7 @@ def _run_keyed(
     idem = rt.idempotency()
 
     if ask is not None and ask.answered:
-        claim = idem.claim_of(ask.take(), warm)
+        claim = idem.claim_of(ask.take(), adm.epoch)
     else:
         claim = idem.claim(scoped, owner, cfg.claim_lease_ms, check_epoch=rt.has_database)
     if claim.status == "done":
@@ -441,7 +450,7 @@ def _run_keyed(
             # fact gone through, the retry's insert finds the record and rolls back.
             idem.release(scoped, owner)
             raise
-        idem.complete(scoped, owner, record, ttl_ms)
+        adm.finish(rt, ("idem_complete", *idem.complete_request(scoped, owner, record, ttl_ms)))
         if record.task_id == req.id:  # otherwise the replay below logs it as deduplicated
             log_decision(task, "completed", {"key": scoped, "state": record.state})
         _failpoints.hit("before_ack", req.id, cfg.redis_url)

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .admission import Ask
+from .admission import Ask, Release
 from .errors import LockNotAcquired
 from .events import emit
-from .locks.redis_lock import _HOST, WAKE_TTL_MS, new_owner
+from .locks.redis_lock import _HOST, WAKE_TTL_MS, RedisLock, new_owner
 from .locks.task_lock import LockSpec, make_lock
 from .scripts import script_for
 
@@ -88,13 +88,36 @@ def take(
     defer(task, req, args, kwargs, rt, delay_ms, reason="locked", wake=lock)
 
 
+def release_of(task: Task, rt: Runtime, lock: Any) -> Release | None:
+    """The lock's give-back for the completion round trip (a ``redis`` lock on the app's Redis), or None."""
+    if not isinstance(lock, RedisLock) or lock.client is not rt.redis:
+        return None
+
+    def then(reply: Any) -> None:
+        if isinstance(reply, Exception):
+            _not_released(task, lock, reply)
+        else:
+            _released(task, rt, lock, lock.release_answered(reply))
+
+    return Release("lock", "lock_release", lock.release_request, then)
+
+
 def give_back(task: Task, rt: Runtime, lock: Any) -> None:
     """Release the lock after the body; a lock lost meanwhile is logged and sent as an event."""
     try:
         released = lock.release()
     except Exception as exc:  # the lease runs out by itself; the task's outcome stands
-        logger.warning("%s[%s]: could not release lock %r: %r", task.name, task.request.id, lock.name, exc)
+        _not_released(task, lock, exc)
         return
+    _released(task, rt, lock, released)
+
+
+def _not_released(task: Task, lock: Any, exc: BaseException) -> None:
+    logger.warning("%s[%s]: could not release lock %r: %r", task.name, task.request.id, lock.name, exc)
+
+
+def _released(task: Task, rt: Runtime, lock: Any, released: bool) -> None:
+    """Act on a release: a lock lost while the body ran is announced; a waiting task is woken."""
     if not released:
         emit(
             task,

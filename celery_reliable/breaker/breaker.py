@@ -220,6 +220,22 @@ class CircuitBreaker:
         """The permit ``breaker_admit.lua`` answered for ``token`` (a transition it made is announced)."""
         return self._admitted(reply, token)
 
+    def record_request(
+        self, permit: Permit, outcome: Outcome, duration: float | timedelta = 0.0
+    ) -> tuple[list[str], list[str]] | None:
+        """The keys and arguments of ``breaker_record.lua`` for an admitted call (see :meth:`recorded`).
+
+        Returns ``None`` for a permit that needs no record (denied, or admitted without Redis).
+        """
+        outcome = self._check_outcome(outcome)
+        if permit.bypassed or not permit.allowed:
+            return None
+        return list(self.keys), self._args.record(permit.generation, permit.token, outcome, self._duration_ms(duration))
+
+    def recorded(self, reply: Any) -> StateChange | None:
+        """The transition ``breaker_record.lua`` answered it made, if any (announced)."""
+        return self._recorded(reply)
+
     def allow(self) -> Permit:
         """Ask, in one atomic script, whether a call may go ahead now.
 

@@ -161,15 +161,24 @@ class Bulkhead(Generic[C]):
             held (its lease had run out, or the token is not a holder's), and then
             ``slot.lost`` is set. With an asyncio client, a coroutine resolving to it.
         """
+        keys, args = self.release_request(slot)
+        return self._run("bulkhead_release", keys, args, lambda status: self.release_answered(slot, status))
+
+    def release_request(self, slot: Slot) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``bulkhead_release.lua`` for ``slot`` (see :meth:`release_answered`).
+
+        Raises:
+            ConfigurationError: for a slot of another bulkhead.
+        """
         self._check_slot(slot)
+        return [self.key, self.hold_key], [slot.owner, slot.acquired_at_ms]
 
-        def done(status: int) -> bool:
-            if int(status) != 1:
-                slot.lost.set()
-                return False
-            return True
-
-        return self._run("bulkhead_release", [self.key, self.hold_key], [slot.owner, slot.acquired_at_ms], done)
+    def release_answered(self, slot: Slot, status: Any) -> bool:
+        """What ``bulkhead_release.lua`` answered for ``slot``: True if released, else False (``slot.lost`` set)."""
+        if int(status) != 1:
+            slot.lost.set()
+            return False
+        return True
 
     @overload
     def renew(self: Bulkhead[UnknownClient], slot: Slot) -> Any: ...

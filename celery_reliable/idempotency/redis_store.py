@@ -101,8 +101,15 @@ class RedisIdempotency:
 
     def complete(self, scoped: str, owner: str, record: Record, ttl_ms: int) -> bool:
         """Cache ``record`` and drop our claim; returns whether the claim was still ours."""
+        keys, args = self.complete_request(scoped, owner, record, ttl_ms)
+        return bool(self.scripts.idem_complete(keys=keys, args=args))
+
+    def complete_request(
+        self, scoped: str, owner: str, record: Record, ttl_ms: int
+    ) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of ``idem_complete.lua`` (for a caller sending it with other calls)."""
         done, claim, _ = self.keys(scoped)
-        return bool(self.scripts.idem_complete(keys=[done, claim], args=[owner, record.to_json(), ttl_ms]))
+        return [done, claim], [owner, record.to_json(), ttl_ms]
 
     def cache(self, scoped: str, record: Record, ttl_ms: int) -> None:
         """Cache a record read from the database (the claim, if any, is left alone)."""

@@ -310,15 +310,28 @@ class RedisLock(LeaseContext):
         Raises:
             LockError: when the lock is not held by this object.
         """
+        keys, args = self.release_request()
+        return self.release_answered(script_for(self.client, "lock_release")(keys=keys, args=args))
+
+    def release_request(self) -> tuple[list[str], list[Any]]:
+        """End this hold here and give the keys and arguments of ``lock_release.lua`` that free it.
+
+        For callers that send the script themselves (a task's completion round trip);
+        hand its reply to :meth:`release_answered`. The heartbeat stops at once.
+
+        Raises:
+            LockError: when the lock is not held by this object.
+        """
         if self._owner is None:
             raise LockError(self.name, "release of a lock this object does not hold")
         self._stop_heartbeat()
         owner, self._owner = self._owner, None
-        try:
-            status = int(script_for(self.client, "lock_release")(keys=self._release_keys, args=[owner, WAKE_TTL_MS]))
-        finally:
-            self.token = None
-        released = self._released(status)
+        self.token = None
+        return list(self._release_keys), [owner, WAKE_TTL_MS]
+
+    def release_answered(self, status: Any) -> bool:
+        """What ``lock_release.lua`` answered: True if released; False if lost (and :attr:`lost` is set)."""
+        released = self._released(int(status))
         if not released:
             self.lost.set()
         return released

@@ -74,7 +74,12 @@ def app(prefix: str) -> Celery:
     return app
 
 
-def _guarded(app: Celery, seen: list[Counter[str]]) -> Any:
+def _keys(prefix: str, order: str) -> tuple[str, str]:
+    """The bulkhead's slots and the lock of ``order`` (the keys the guards take)."""
+    return f"{prefix}:bh:{{critical}}", f"{prefix}:lock:{{order:{order}}}"
+
+
+def _guarded(app: Celery, seen: list[Counter[str]], held: list[tuple[int, int]] | None = None) -> Any:
     @app.task(
         shared=False,
         base=ReliableTask,
@@ -90,6 +95,13 @@ def _guarded(app: Celery, seen: list[Counter[str]]) -> Any:
     )
     def charge(self: ReliableTask, order: str) -> str:
         seen.append(Counter(_counting.counts))  # round trips before the body: the admission
+        if held is not None:  # looked at from outside the count
+            counts, _counting.counts = _counting.counts, None
+            slots, lock = _keys(app.conf.reliable_key_prefix, order)
+            client = redis.Redis.from_url(URL)
+            held.append((client.zcard(slots), client.exists(lock)))
+            client.close()
+            _counting.counts = counts
         return f"charged {order}"
 
     return charge
@@ -113,21 +125,23 @@ def _run(task: Any, *args: Any, headers: dict[str, Any] | None = None, task_id: 
 
 def test_a_task_with_every_guard_is_admitted_in_one_round_trip(app: Celery, prefix: str) -> None:
     seen: list[Counter[str]] = []
-    charge = _guarded(app, seen)
+    held: list[tuple[int, int]] = []
+    charge = _guarded(app, seen, held)
     _run(charge, "warm-up")  # the first call loads the composite script (SCRIPT LOAD on NOSCRIPT)
     seen.clear()
 
     result, trips = _run(charge, "o-1")
 
     assert result == "charged o-1"
+    assert held[-1] == (1, 1), "the body ran holding a bulkhead slot and the lock"
     assert seen[0]["round_trips"] == 1, "done lookup, rate meter, breaker, bulkhead, budget, lock and claim: one trip"
-    completion = trips - seen[0]["round_trips"]
-    assert completion >= 1
+    assert trips - seen[0]["round_trips"] == 1, "claim completion, lock, slot and breaker success: one trip"
     # Everything taken was given back: no slot, lock or claim is left behind.
+    slots, lock = _keys(prefix, "o-1")
     client = redis.Redis.from_url(URL)
-    assert client.zcard(f"{prefix}:bulkhead:{{critical}}") == 0 or not client.exists(f"{prefix}:bulkhead:{{critical}}")
-    leftovers = [k.decode() for k in client.scan_iter(match=f"{prefix}*") if b":claim" in k or k.endswith(b"order:o-1")]
-    assert leftovers == []
+    assert client.zcard(slots) == 0 and not client.exists(lock)
+    assert not [k for k in client.scan_iter(match=f"{prefix}:idem:*") if k.endswith(b":claim")]
+    assert [k for k in client.scan_iter(match=f"{prefix}:idem:*") if k.endswith(b":done")], "the key completed"
     client.close()
 
 
@@ -183,7 +197,8 @@ def test_a_refused_guard_stops_the_admission_before_the_later_guards(app: Celery
 
     client = redis.Redis.from_url(URL)
     assert seen == []
-    assert not [k for k in client.scan_iter(match=f"{prefix}*") if b"order:o-4" in k], "the lock was not asked for"
+    assert not client.exists(_keys(prefix, "o-4")[1]), "the lock was not asked for"
+    assert not [k for k in client.scan_iter(match=f"{prefix}*") if b"order:o-4" in k], "nor its fencing token"
     assert not [k for k in client.scan_iter(match=f"{prefix}:idem:*") if k.endswith(b":claim")], "nor the claim"
     client.close()
 
@@ -200,10 +215,11 @@ def test_grants_no_guard_took_are_given_back(app: Celery, prefix: str, monkeypat
         _run(charge, "o-5")
 
     client = redis.Redis.from_url(URL)
-    lock_keys = [k for k in client.scan_iter(match=f"{prefix}*") if k.endswith(b"order:o-5")]
-    assert lock_keys == [], "the lock the admission granted was released"
+    slots, lock = _keys(prefix, "o-5")
+    assert client.exists(f"{lock}:fence"), "the admission did grant the lock (its fencing token was handed out)"
+    assert not client.exists(lock), "and it was released"
     assert not [k for k in client.scan_iter(match=f"{prefix}:idem:*") if k.endswith(b":claim")], "the claim too"
-    assert client.zcard(f"{prefix}:bulkhead:{{critical}}") == 0
+    assert client.zcard(slots) == 0
     client.close()
 
 
@@ -266,3 +282,44 @@ def test_every_guard_script_composes_and_loads() -> None:
         assert len(client.script_load(source)) == 40
     finally:
         client.close()
+
+
+def test_the_breaker_success_sent_with_the_completion_is_recorded(app: Celery, prefix: str) -> None:
+    from celery_reliable import CircuitBreaker
+
+    @app.task(
+        shared=False,
+        base=ReliableTask,
+        bind=True,
+        name="adm.flaky",
+        idempotency_key="flaky:{n}",
+        circuit_breaker="partner",
+        bulkhead="critical",
+        lock_key="flaky:{n}",
+    )
+    def flaky(self: ReliableTask, n: int, fail: bool) -> int:
+        if fail:
+            raise ConnectionError("partner down")
+        return n
+
+    def call(n: int, fail: bool) -> int:
+        _counting.counts = Counter()
+        flaky.push_request(id=uuid.uuid4().hex, retries=0, is_eager=False, called_directly=False, headers={})
+        try:
+            return int(flaky(n, fail))
+        finally:
+            flaky.pop_request()
+            _counting.counts = None
+
+    breaker = CircuitBreaker("partner", url=URL, prefix=prefix, failure_threshold=3, recovery_timeout=5)
+    for n in (1, 2):
+        with pytest.raises(ConnectionError):
+            call(n, True)
+    assert call(3, False) == 3  # its success rides in the completion round trip and resets the count
+    for n in (4, 5):
+        with pytest.raises(ConnectionError):
+            call(n, True)
+    assert breaker.state().state.value == "closed", "two failures since the success: still closed"
+    with pytest.raises(ConnectionError):
+        call(6, True)
+    assert breaker.state().state.value == "open", "the third consecutive failure opens it"
