@@ -29,7 +29,7 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, current_task, signals
 from celery_once import QueueOnce
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 import celery_reliable
 from celery_reliable import ReliableTask
+from celery_reliable.admission import Admission
 
 from . import counting
 
@@ -52,6 +53,9 @@ app.conf.update(
     reliable_redis_url=RELIABLE_REDIS,
     reliable_database_url=DATABASE_URL,
     reliable_key_prefix=env("BENCH_KEY_PREFIX", "rbench"),
+    # The guards of bench.reliable_guarded: never full, never open, never limiting.
+    reliable_bulkheads={"bench": 64},
+    reliable_circuit_breakers={"bench": {"failure_threshold": 5, "recovery_timeout": 30}},
     # The settings celery-reliable's own tests use for at-least-once delivery; the
     # plain tasks run in the same workers with the same settings.
     task_acks_late=True,
@@ -122,6 +126,45 @@ def reliable_noop(self: ReliableTask, n: str) -> list[float]:
     return _stamps(time.time())
 
 
+@app.task(name="bench.reliable_guarded", base=ReliableTask, bind=True, idempotency_key="k:{n}",
+          global_rate_limit="100000/s", circuit_breaker="bench", bulkhead="bench", lock_key="g:{n}",
+          retry_policy=True, retry_budget=True)
+def reliable_guarded(self: ReliableTask, n: str) -> list[float]:
+    """ReliableTask behind every guard on Redis: key, global rate limit, breaker, bulkhead, budget, lock."""
+    return _stamps(time.time())
+
+
+@app.task(name="bench.reliable_guarded_each", base=ReliableTask, bind=True, idempotency_key="k:{n}",
+          global_rate_limit="100000/s", circuit_breaker="bench", bulkhead="bench", lock_key="g:{n}",
+          retry_policy=True, retry_budget=True)
+def reliable_guarded_each(self: ReliableTask, n: str) -> list[float]:
+    """The same guards as ``reliable_guarded``, each asked and given back on its own (see below)."""
+    return _stamps(time.time())
+
+
+# For the comparison only: ``reliable_guarded_each`` skips the admission round trip and the
+# completion batch, so every guard makes its own call, as a task did before they existed.
+_ask, _hold = Admission.ask, Admission.hold
+
+
+def _each() -> bool:
+    return getattr(current_task, "name", None) == "bench.reliable_guarded_each"
+
+
+def _ask_unless_each(self: Admission, rt: Any) -> None:
+    if not _each():
+        _ask(self, rt)
+
+
+def _hold_unless_each(self: Admission, release: Any) -> None:
+    if not _each():
+        _hold(self, release)
+
+
+Admission.ask = _ask_unless_each  # type: ignore[method-assign]
+Admission.hold = _hold_unless_each  # type: ignore[method-assign]
+
+
 @app.task(name="bench.plain_insert", bind=True)
 def plain_insert(self: Task, n: str) -> list[float]:
     """Plain Celery writing one row in its own SQLAlchemy transaction."""
@@ -157,5 +200,5 @@ def reliable_pub(self: ReliableTask, n: str) -> None:
     """celery-reliable: publish mark kept for the key's TTL."""
 
 
-TASKS = {t.name.split(".", 1)[1]: t for t in (plain_noop, reliable_noop, plain_insert, reliable_insert,
-                                             plain_pub, once_pub, reliable_pub)}
+TASKS = {t.name.split(".", 1)[1]: t for t in (plain_noop, reliable_noop, reliable_guarded, reliable_guarded_each,
+                                             plain_insert, reliable_insert, plain_pub, once_pub, reliable_pub)}
