@@ -193,15 +193,20 @@ class Admission:
             if release.sent:
                 continue
             release.sent = True
-            asked = release.request()
+            try:
+                asked = release.request()
+            except Exception as exc:  # its guard logs it; the others still go
+                release.then(exc)
+                continue
             if asked is not None:
                 calls.append((release, release.script, *asked))
         if not calls:
             return None
+        scripts = [(script, keys, args) for _, script, keys, args in calls]
         try:
-            replies = self._send(rt, [(script, keys, args) for _, script, keys, args in calls])
-        except Exception as exc:
-            replies = [exc] * len(calls)
+            replies = self._send(rt, scripts)
+        except Exception:  # the pipeline failed as a whole: each call on its own, as without it
+            replies = [self._send(rt, [one])[0] for one in scripts]
         claim_reply: Any = None
         for (giving_back, _, _, _), reply in zip(calls, replies, strict=True):
             if giving_back is None:

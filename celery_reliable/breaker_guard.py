@@ -154,7 +154,10 @@ def admit(
     """
     spec: BreakerSpec = task._reliable_breaker
     breaker = breaker_for(spec, rt)
-    permit = breaker.permit_of(ask.take(), ask.state["token"]) if ask is not None and ask.answered else breaker.allow()
+    if ask is not None and ask.answered:
+        permit = breaker.permit_of(ask.take(), ask.state["token"])
+    else:  # the admission's token, if any: a lost reply's probe is not taken twice
+        permit = breaker.allow(None if ask is None else ask.state["token"])
     _announce(task, rt, permit.change)
     if permit:
         return permit

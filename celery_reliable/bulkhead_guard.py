@@ -149,6 +149,12 @@ def _owner(req: Context) -> str:
     return f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
 
 
+def has_slots(task: Task) -> bool:
+    """Whether the task takes a bulkhead slot (not only ``max_queue_depth``)."""
+    spec: BulkheadSpec | None = task._reliable_bulkhead
+    return spec is not None and (spec.tier is not None or spec.bulkhead is not None)
+
+
 def prepare(task: Task, req: Context, rt: Runtime) -> Ask | None:
     """The bulkhead's question for the admission round trip, or None.
 
@@ -156,7 +162,7 @@ def prepare(task: Task, req: Context, rt: Runtime) -> Ask | None:
     that client); others ask on their own.
     """
     spec: BulkheadSpec | None = task._reliable_bulkhead
-    if spec is None or (spec.tier is None and spec.bulkhead is None):
+    if spec is None or not has_slots(task):
         return None
     bulkhead = bulkhead_for(spec, rt)
     if bulkhead.client is not rt.redis:
@@ -188,8 +194,8 @@ def take(
     bulkhead = bulkhead_for(spec, rt)
     if ask is not None and ask.answered:
         admission = bulkhead.admission_of(ask.state["owner"], ask.take())
-    else:
-        admission = bulkhead.try_acquire(_owner(req))
+    else:  # the same owner as the admission's (a lost reply: re-asking takes no second slot)
+        admission = bulkhead.try_acquire(_owner(req) if ask is None else ask.state["owner"])
     if admission.slot is not None:
         slot = admission.slot
         lease = heartbeat().add(Lease(f"bulkhead:{bulkhead.name}", bulkhead.lease_ms, lambda: bulkhead.renew(slot)))

@@ -180,45 +180,67 @@ def run_guarded(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[st
     except (Ignore, Reject, Retry):
         raise
     except Exception as exc:
+        _give_back_unused(task, rt, adm)  # before a retry is published, so it finds them free
         failure_guard.on_failure(task, req, args, kwargs, exc, rt)  # raises Retry to retry
         raise
     finally:
         if deliveries is not None:
             poison.forget(rt.redis, rt.config.key_prefix, req.id)
-        unused = adm.unused_grants()
-        if unused:
-            _give_back_unused(task, rt, unused)
+        _give_back_unused(task, rt, adm)
 
 
 def _prepare(
     task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str, Any], rt: Runtime, adm: Admission
 ) -> None:
-    """Collect the questions of the task's guards on the app's Redis, in admission order."""
+    """Collect the questions of the task's guards on the app's Redis, in admission order.
+
+    The questions end at the first guard the task has that cannot join (a Redlock or
+    PostgreSQL lock, a breaker or bulkhead on another client): it asks on its own, and
+    the guards after it must not be granted before it has said yes.
+    """
     spec = task._reliable_spec
     scoped = None if spec is None else spec.scoped(task.name, args, kwargs)
     idem = rt.idempotency()
-    if scoped is not None and task._reliable_rate is not None and not req.is_eager:
-        done_key, _, _ = idem.keys(scoped)
-        adm.add(Ask("done", "idem_done", [done_key], []))
-    adm.add(rate_guard.prepare(task, req, args, kwargs, rt))
-    adm.add(breaker_guard.prepare(task, rt))
-    adm.add(bulkhead_guard.prepare(task, req, rt))
-    if task.retry_budget and not req.retries:
+
+    def done_ask() -> Ask:
+        assert scoped is not None
+        return Ask("done", "idem_done", [idem.keys(scoped)[0]], [])
+
+    def budget_ask() -> Ask | None:
         budget = failure_guard.budget_for(task, rt)
-        if budget is not None and budget.client is rt.redis:
-            adm.add(Ask("budget", "retry_budget", *budget.request("call")))
-    adm.add(lock_guard.prepare(task, args, kwargs, rt))
-    if scoped is not None:
+        return Ask("budget", "retry_budget", *budget.request("call")) if budget.client is rt.redis else None
+
+    def claim_ask() -> Ask:
+        assert scoped is not None
         owner = f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
         keys, claim_args = idem.claim_request(scoped, owner, rt.config.claim_lease_ms)
-        adm.add(Ask("claim", "idem_claim", keys, claim_args, {"scoped": scoped, "owner": owner}))
         if rt.has_database:
             adm.epoch_key = idem.epoch_key
+        return Ask("claim", "idem_claim", keys, claim_args, {"scoped": scoped, "owner": owner})
+
+    rated = task._reliable_rate is not None and not req.is_eager
+    guards: list[tuple[bool, Any]] = [
+        (scoped is not None and rated, done_ask),
+        (rated, lambda: rate_guard.prepare(task, req, args, kwargs, rt)),
+        (task._reliable_breaker is not None, lambda: breaker_guard.prepare(task, rt)),
+        (bulkhead_guard.has_slots(task), lambda: bulkhead_guard.prepare(task, req, rt)),
+        (bool(task.retry_budget) and not req.retries, budget_ask),
+        (task._reliable_lock is not None, lambda: lock_guard.prepare(task, args, kwargs, rt)),
+        (scoped is not None, claim_ask),
+    ]
+    for present, make in guards:
+        if not present:
+            continue
+        ask = make()
+        if ask is None:  # asks on its own, after the admission: so do the guards after it
+            return
+        adm.add(ask)
 
 
-def _give_back_unused(task: Task, rt: Runtime, unused: list[Ask]) -> None:
+def _give_back_unused(task: Task, rt: Runtime, adm: Admission) -> None:
     """Give back what the admission granted but no guard took (an error came between)."""
-    for ask in unused:
+    for ask in adm.unused_grants():
+        ask.used = True  # given back once
         try:
             if ask.guard == "breaker":
                 breaker = breaker_guard.breaker_for(task._reliable_breaker, rt)
@@ -231,7 +253,7 @@ def _give_back_unused(task: Task, rt: Runtime, unused: list[Ask]) -> None:
             elif ask.guard == "lock":
                 lock = ask.state["lock"]
                 if lock.acquire_answered(ask.state["owner"], ask.reply):
-                    lock.release()
+                    lock_guard.give_back(task, rt, lock)  # wakes a task parked for the lock
             elif ask.guard == "claim":
                 rt.idempotency().release(ask.state["scoped"], ask.state["owner"])
         except Exception as exc:  # each frees itself after its lease

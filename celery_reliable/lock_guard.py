@@ -64,9 +64,9 @@ def take(
         Ignore: the task was deferred (``on_locked="defer"``).
         LockNotAcquired: ``on_locked="fail"``, or an eager call that cannot be deferred.
     """
-    if ask is not None and ask.answered:
+    if ask is not None:  # unanswered: asked here with the admission's owner (a lost reply is its own hold)
         name, lock = ask.state["name"], ask.state["lock"]
-        acquired = lock.acquire_answered(ask.state["owner"], ask.take())
+        acquired = lock.acquire_answered(ask.state["owner"], ask.take() if ask.answered else None)
     else:
         name = spec.name(task.name, args, kwargs)
         lock = make_lock(rt, spec, name)

@@ -236,8 +236,13 @@ class CircuitBreaker:
         """The transition ``breaker_record.lua`` answered it made, if any (announced)."""
         return self._recorded(reply)
 
-    def allow(self) -> Permit:
+    def allow(self, token: str | None = None) -> Permit:
         """Ask, in one atomic script, whether a call may go ahead now.
+
+        Args:
+            token: the permit's token (default: a new one). Asking again with the token
+                of a probe permit already granted returns that permit, not a second probe
+                (a call re-sent after its reply was lost).
 
         Returns:
             A :class:`~.state.Permit`, truthy when allowed; hand it to :meth:`record`
@@ -246,7 +251,7 @@ class CircuitBreaker:
         Raises:
             BackendUnavailable: Redis failed and ``on_redis_error="deny"``.
         """
-        token = uuid.uuid4().hex
+        token = token or uuid.uuid4().hex
         try:
             reply = self._script("breaker_admit", False, self._args.admit(token))
         except Exception as exc:

@@ -241,6 +241,9 @@ class RedisLock(LeaseContext):
     def acquire_answered(self, owner: str, reply: Any) -> bool:
         """Finish a non-blocking acquire whose script the caller ran (see :meth:`acquire_request`).
 
+        With ``reply=None`` the script is run here, for ``owner``: an owner whose earlier
+        call was granted but whose reply was lost gets its hold back.
+
         Returns:
             True when acquired (the heartbeat runs as after :meth:`acquire`); False when busy.
         """

@@ -46,6 +46,10 @@ if expired > 0 then
   taken = math.max(0, taken - expired)
   redis.call('HSET', KEYS[1], 'ho', taken)
 end
+if redis.call('ZSCORE', KEYS[3], ARGV[5]) then
+  -- this token's probe, asked again (a call re-sent after a lost reply): the same permit
+  return {1, 2, gen, 0, from, reason, now}
+end
 if taken >= tonumber(ARGV[3]) then
   local wait = tonumber(ARGV[2])
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')

@@ -12,11 +12,20 @@
 -- ARGV[7]  "1" if the caller will wait for a release when the lock is busy
 -- Returns token (> 0): granted | -(pttl + 1) (<= 0): held by someone else, for pttl ms
 --         | {wanted}: a range covering token `wanted` must be reserved in the database first
+-- An owner that already holds the lock (its call re-sent after a lost reply) gets its hold
+-- back, lease renewed, with the token it was handed.
 --
 -- Tokens are max(last + 1, server time in microseconds): strictly increasing per name,
 -- and still increasing after Redis lost the fence key as long as the server clock did
 -- not step back. With a database, tokens also stay above every range reserved before.
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) == ARGV[1] then
+    local mine = redis.call('GET', KEYS[2])
+    if mine then
+      redis.call('PEXPIRE', KEYS[1], ARGV[2])
+      return tonumber(mine)
+    end
+  end
   local pttl = redis.call('PTTL', KEYS[1])
   if ARGV[7] == '1' then
     redis.call('SET', KEYS[4], '1', 'PX', math.max(pttl, 0) + 1000)

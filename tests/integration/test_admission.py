@@ -323,3 +323,98 @@ def test_the_breaker_success_sent_with_the_completion_is_recorded(app: Celery, p
     with pytest.raises(ConnectionError):
         call(6, True)
     assert breaker.state().state.value == "open", "the third consecutive failure opens it"
+
+
+def test_a_lost_admission_reply_is_asked_again_with_the_same_owners(
+    app: Celery, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Counter[str]] = []
+    held: list[tuple[int, int]] = []
+    charge = _guarded(app, seen, held)
+    real_call = admission_module.Admission._call
+    lost: list[int] = []
+
+    def runs_then_loses_the_reply(self: Any, rt: Any, script: Any, keys: Any, args: Any) -> Any:
+        real_call(self, rt, script, keys, args)  # Redis ran it: slot, lock and claim are granted
+        lost.append(1)
+        raise redis.exceptions.ConnectionError("connection reset after the script ran")
+
+    monkeypatch.setattr(admission_module.Admission, "_call", runs_then_loses_the_reply)
+    result, _ = _run(charge, "o-7")
+
+    assert lost == [1], "the fault fired"
+    assert result == "charged o-7", "the lock's own hold was given back to it, not found busy"
+    assert held[-1] == (1, 1), "one bulkhead slot, not two"
+    slots, lock = _keys(prefix, "o-7")
+    client = redis.Redis.from_url(URL)
+    assert client.zcard(slots) == 0 and not client.exists(lock)
+    client.close()
+
+
+def test_a_guard_that_cannot_join_ends_the_admission_before_the_guards_after_it(app: Celery, prefix: str) -> None:
+    other_client = redis.Redis.from_url(URL)  # not the app's client: this bulkhead asks on its own
+    full = Bulkhead("elsewhere", 1, lease=30, client=other_client, prefix=prefix)
+    assert full.try_acquire().slot is not None
+
+    @app.task(
+        shared=False,
+        base=ReliableTask,
+        bind=True,
+        name="adm.elsewhere",
+        idempotency_key="e:{order}",
+        circuit_breaker="partner",
+        bulkhead=full,
+        lock_key="order:{order}",
+    )
+    def elsewhere(self: ReliableTask, order: str) -> str:
+        return order
+
+    with pytest.raises(Ignore):  # parked: the bulkhead is full
+        _run(elsewhere, "o-8")
+
+    client = redis.Redis.from_url(URL)
+    lock = _keys(prefix, "o-8")[1]
+    assert not client.exists(lock) and not client.exists(f"{lock}:fence"), "the lock was never granted"
+    assert not [k for k in client.scan_iter(match=f"{prefix}:idem:*") if k.endswith(b":claim")], "nor the claim"
+    client.close()
+    other_client.close()
+
+
+def test_a_probe_asked_again_with_its_token_is_the_same_probe(prefix: str) -> None:
+    from celery_reliable import CircuitBreaker
+
+    breaker = CircuitBreaker("probe", url=URL, prefix=prefix, failure_threshold=1, recovery_timeout=0.1)
+    breaker.record(breaker.allow(), "failure")  # opens it
+    time.sleep(0.15)
+    first = breaker.allow(token="lost-reply")
+    assert first and first.state.value == "half_open"
+    again = breaker.allow(token="lost-reply")  # re-sent after its reply was lost
+    assert again and again.generation == first.generation
+    assert not breaker.allow(), "still one probe out of one: a new token is refused"
+    assert breaker.state().probes_out == 1
+
+
+def test_a_failed_completion_pipeline_gives_back_one_by_one(
+    app: Celery, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Counter[str]] = []
+    charge = _guarded(app, seen)
+    real_send = admission_module.Admission._send
+    failed: list[int] = []
+
+    def pipeline_fails(rt: Any, calls: Any) -> Any:
+        if len(calls) > 1:
+            failed.append(len(calls))
+            raise redis.exceptions.ConnectionError("connection reset while sending the pipeline")
+        return real_send(rt, calls)
+
+    monkeypatch.setattr(admission_module.Admission, "_send", staticmethod(pipeline_fails))
+    assert _run(charge, "o-9")[0] == "charged o-9"
+
+    assert failed == [4], "the claim completion, lock, slot and breaker were one pipeline, and it failed"
+    slots, lock = _keys(prefix, "o-9")
+    client = redis.Redis.from_url(URL)
+    assert client.zcard(slots) == 0 and not client.exists(lock)
+    assert [k for k in client.scan_iter(match=f"{prefix}:idem:*") if k.endswith(b":done")], "the key completed"
+    assert not [k for k in client.scan_iter(match=f"{prefix}:idem:*") if k.endswith(b":claim")]
+    client.close()
