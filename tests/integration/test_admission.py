@@ -303,13 +303,7 @@ def test_the_breaker_success_sent_with_the_completion_is_recorded(app: Celery, p
         return n
 
     def call(n: int, fail: bool) -> int:
-        _counting.counts = Counter()
-        flaky.push_request(id=uuid.uuid4().hex, retries=0, is_eager=False, called_directly=False, headers={})
-        try:
-            return int(flaky(n, fail))
-        finally:
-            flaky.pop_request()
-            _counting.counts = None
+        return int(_run(flaky, n, fail)[0])
 
     breaker = CircuitBreaker("partner", url=URL, prefix=prefix, failure_threshold=3, recovery_timeout=5)
     for n in (1, 2):
