@@ -12,7 +12,7 @@ which act on them exactly as on their own call's reply.
 A guard that was not answered (the script stopped before it, or the composite call
 failed) asks on its own, with its own error policy, as it would without this module. A
 grant nobody took (an exception between two guards) is given back when the execution
-ends (:meth:`Admission.give_back_unused`).
+ends (:meth:`Admission.unused_grants` lists them).
 
 Completion is one round trip too: a guard that took a grant on the app's Redis leaves
 its give-back with the admission (:meth:`Admission.hold`); when the body has succeeded,
@@ -27,7 +27,6 @@ and breakers or bulkheads built by the user on another Redis client.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from .scripts import script_for, script_source
+from .scripts import registered, script_for, script_source
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -112,7 +111,6 @@ class Admission:
     asks: dict[str, Ask] = field(default_factory=dict)
     epoch_key: str | None = None  # read along with the replies when the claim needs it
     epoch: bool = True
-    round_trips: int = 0
     releases: list[Release] = field(default_factory=list)
 
     def add(self, ask: Ask | None) -> None:
@@ -142,7 +140,6 @@ class Admission:
         except Exception as exc:  # the guards ask one by one, each with its own policy
             logger.warning("admission script failed (%r); the guards ask one by one", exc)
             return
-        self.round_trips += 1
         for one, reply in zip(asks, replies, strict=False):
             one.reply, one.answered = reply, True
 
@@ -292,15 +289,7 @@ def composite_source(scripts: tuple[str, ...], guards: tuple[str, ...]) -> str:
     return "\n".join(parts) + "\n"
 
 
-_registered: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], Any]] = weakref.WeakKeyDictionary()
-
-
 def composite_for(client: Any, scripts: tuple[str, ...], guards: tuple[str, ...]) -> Any:
     """The composite script of these steps registered on ``client`` (a redis-py ``Script``)."""
-    per_client = _registered.get(client)
-    if per_client is None:
-        per_client = _registered[client] = {}
-    found = per_client.get(scripts + guards)
-    if found is None:
-        found = per_client[scripts + guards] = client.register_script(composite_source(scripts, guards))
-    return found
+    name = "admission:" + ",".join(f"{g}={s}" for g, s in zip(guards, scripts, strict=True))
+    return registered(client, name, lambda _: composite_source(scripts, guards))

@@ -145,7 +145,8 @@ def bulkhead_for(spec: BulkheadSpec, rt: Runtime) -> Bulkhead[Any]:
     return found
 
 
-def _owner(req: Context) -> str:
+def owner_of(req: Context) -> str:
+    """A unique owner token naming this execution: ``<host>:<pid>:<task id>:<nonce>``."""
     return f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
 
 
@@ -167,7 +168,7 @@ def prepare(task: Task, req: Context, rt: Runtime) -> Ask | None:
     bulkhead = bulkhead_for(spec, rt)
     if bulkhead.client is not rt.redis:
         return None
-    owner = _owner(req)
+    owner = owner_of(req)
     keys, args = bulkhead.acquire_request(owner)
     return Ask("bulkhead", "bulkhead_acquire", keys, args, {"owner": owner})
 
@@ -195,7 +196,7 @@ def take(
     if ask is not None and ask.answered:
         admission = bulkhead.admission_of(ask.state["owner"], ask.take())
     else:  # the same owner as the admission's (a lost reply: re-asking takes no second slot)
-        admission = bulkhead.try_acquire(_owner(req) if ask is None else ask.state["owner"])
+        admission = bulkhead.try_acquire(owner_of(req) if ask is None else ask.state["owner"])
     if admission.slot is not None:
         slot = admission.slot
         lease = heartbeat().add(Lease(f"bulkhead:{bulkhead.name}", bulkhead.lease_ms, lambda: bulkhead.renew(slot)))

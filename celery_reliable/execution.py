@@ -13,10 +13,7 @@ the task in the deferred set.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -44,8 +41,6 @@ if TYPE_CHECKING:
     from .inbox.option import InboxEntry
 
 logger = logging.getLogger("celery_reliable")
-
-_HOST = socket.gethostname()
 
 
 @dataclass
@@ -204,7 +199,7 @@ def _prepare(
 
     def done_ask() -> Ask:
         assert scoped is not None
-        return Ask("done", "idem_done", [idem.keys(scoped)[0]], [])
+        return Ask("done", "idem_done", [idem.keys(scoped)[0]], [], {"scoped": scoped})
 
     def budget_ask() -> Ask | None:
         budget = failure_guard.budget_for(task, rt)
@@ -212,7 +207,7 @@ def _prepare(
 
     def claim_ask() -> Ask:
         assert scoped is not None
-        owner = f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
+        owner = bulkhead_guard.owner_of(req)
         keys, claim_args = idem.claim_request(scoped, owner, rt.config.claim_lease_ms)
         if rt.has_database:
             adm.epoch_key = idem.epoch_key
@@ -317,7 +312,7 @@ def _stored_result(
     spec = task._reliable_spec
     if spec is None:
         return None
-    scoped = spec.scoped(task.name, args, kwargs)
+    scoped = ask.state["scoped"] if ask is not None else spec.scoped(task.name, args, kwargs)
     try:
         if ask is not None and ask.answered:
             raw = ask.take()
@@ -396,7 +391,7 @@ def _run_keyed(task: Task, req: Context, args: tuple[Any, ...], kwargs: dict[str
         scoped, owner = ask.state["scoped"], ask.state["owner"]
     else:
         scoped = spec.scoped(task.name, args, kwargs)
-        owner = f"{_HOST}:{os.getpid()}:{req.id}:{uuid.uuid4().hex[:8]}"
+        owner = bulkhead_guard.owner_of(req)
     req.idempotency_key = scoped  # the stable key to pass to downstream APIs
     fp = fingerprint(args, kwargs)
     ttl_ms = spec.ttl_ms or cfg.idempotency_ttl_ms

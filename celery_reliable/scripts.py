@@ -46,13 +46,18 @@ def script_for(client: Any, name: str) -> Any:
     Used for clients the caller owns (standalone locks and limiters); the result is a
     redis-py ``Script`` or ``AsyncScript`` calling EVALSHA and reloading on NOSCRIPT.
     """
+    return registered(client, name, script_source)
+
+
+def registered(client: Any, name: str, source: Any) -> Any:
+    """The script ``name`` registered on ``client`` once; ``source(name)`` gives its text the first time."""
     scripts = _per_client.get(client)
     if scripts is None:
         scripts = {}
         _per_client[client] = scripts
     found = scripts.get(name)
     if found is None:
-        found = scripts[name] = client.register_script(script_source(name))
+        found = scripts[name] = client.register_script(source(name))
     return found
 
 

@@ -20,6 +20,8 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -213,6 +215,33 @@ def drop_rows(engine: Any, saga_ids: list[str]) -> None:
     with engine.begin() as conn:
         for table in ("reliable_saga_log", "reliable_sagas", "saga_test_effects"):
             conn.execute(text(f"DELETE FROM {table} WHERE saga_id = ANY(:ids)"), {"ids": saga_ids})
+
+
+@contextmanager
+def database(started: list[str]) -> Iterator[Any]:
+    """The test database with the saga tables; the rows of ``started`` are dropped after."""
+    from sqlalchemy import create_engine
+
+    eng = create_engine(DATABASE_URL)
+    setup_tables(eng)
+    try:
+        yield eng
+    finally:
+        drop_rows(eng, started)
+        eng.dispose()
+
+
+@contextmanager
+def running_worker(name: str, log_dir: Any, env: dict[str, str] | None = None) -> Iterator[Any]:
+    """A prefork worker (2 processes) running this app; stopped, and the run's keys dropped, after."""
+    from tests.harness import WorkerProcess  # not in the worker itself
+
+    w = WorkerProcess(name, {"TEST_QUEUE": QUEUE, **(env or {})}, log_dir, app="tests.saga_app", concurrency=2)
+    try:
+        yield w.wait_ready()
+    finally:
+        w.stop(grace=5)
+        drop_keys()
 
 
 def book_room_with_a_set(ctx: dict[str, Any]) -> dict[str, Any]:

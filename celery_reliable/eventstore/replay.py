@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from .. import inbox
+from ..sessions import connection_of
 from .model import projections
 from .projection import Projection, get_projection, projection_names
 from .store import READ_BATCH, _upsert, head_position, read_all
@@ -58,7 +59,7 @@ def _set_position(conn: Connection, name: str, position: int, rebuilt: bool) -> 
 
 def checkpoint(session: Session | Connection, name: str) -> int:
     """The position a projection's replay reached (0 if it never ran)."""
-    conn = session.connection() if isinstance(session, Session) else session
+    conn = connection_of(session)
     return int(conn.execute(select(projections.c.position).where(projections.c.name == name)).scalar() or 0)
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 
 from .. import jsoncodec
+from ..sessions import connection_of
 from .events import check_stream_id
 from .model import snapshots
 
@@ -41,12 +42,6 @@ class Snapshot:
     state: dict[str, Any]
 
 
-def _conn(session: Session | Connection) -> Connection:
-    from sqlalchemy.orm import Session
-
-    return session.connection() if isinstance(session, Session) else session
-
-
 def write_snapshot(session: Session | Connection, snapshot: Snapshot) -> bool:
     """Store ``snapshot`` unless the stream already has one at the same or a later version.
 
@@ -58,7 +53,7 @@ def write_snapshot(session: Session | Connection, snapshot: Snapshot) -> bool:
     """
     check_stream_id(snapshot.stream_id)
     state = jsoncodec.dumps(snapshot.state, where=f"{snapshot.aggregate_type} snapshot")
-    conn = _conn(session)
+    conn = connection_of(session)
     from .store import _upsert
 
     upsert = _upsert(conn)
@@ -82,7 +77,7 @@ def write_snapshot(session: Session | Connection, snapshot: Snapshot) -> bool:
 def read_snapshot(session: Session | Connection, stream_id: str) -> Snapshot | None:
     """The stream's latest snapshot, or ``None``."""
     check_stream_id(stream_id)
-    row = _conn(session).execute(select(snapshots).where(snapshots.c.stream_id == stream_id)).first()
+    row = connection_of(session).execute(select(snapshots).where(snapshots.c.stream_id == stream_id)).first()
     if row is None:
         return None
     return Snapshot(
@@ -93,4 +88,4 @@ def read_snapshot(session: Session | Connection, stream_id: str) -> Snapshot | N
 def delete_snapshot(session: Session | Connection, stream_id: str) -> bool:
     """Delete the stream's snapshot; returns whether there was one."""
     check_stream_id(stream_id)
-    return bool(_conn(session).execute(delete(snapshots).where(snapshots.c.stream_id == stream_id)).rowcount)
+    return bool(connection_of(session).execute(delete(snapshots).where(snapshots.c.stream_id == stream_id)).rowcount)

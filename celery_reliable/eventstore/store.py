@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import jsoncodec
+from ..sessions import connection_of
 from .errors import ConcurrencyConflict, DuplicateEvent
 from .events import NewEvent, RecordedEvent, check_stream_id
 from .model import events, streams
@@ -40,10 +41,6 @@ ANY_VERSION: Final = "any"
 NO_STREAM: Final = 0
 #: Rows fetched per round trip by the readers.
 READ_BATCH = 1000
-
-
-def _conn(session: Session | Connection) -> Connection:
-    return session.connection() if isinstance(session, Session) else session
 
 
 def _check_expected(expected_version: object) -> int | None:
@@ -100,7 +97,7 @@ def append(
         raise ValueError("append() got the same event id twice (give each NewEvent its own event_id)")
     encoded = [event.encoded() for event in batch]  # refuse non-JSON data before writing anything
     subscribers = subscriber_names(publish)
-    conn = _conn(session)
+    conn = connection_of(session)
     now = datetime.now(timezone.utc)
     last = _bump(conn, stream_id, expected, len(batch), now)
     first = last - len(batch) + 1
@@ -199,7 +196,7 @@ def lock_stream(session: Session | Connection, stream_id: str) -> int:
     """
     check_stream_id(stream_id)
     stmt = select(streams.c.version).where(streams.c.stream_id == stream_id)
-    conn = _conn(session)
+    conn = connection_of(session)
     if conn.dialect.name != "sqlite":
         stmt = stmt.with_for_update()
     return int(conn.execute(stmt).scalar() or 0)
@@ -208,7 +205,7 @@ def lock_stream(session: Session | Connection, stream_id: str) -> int:
 def stream_version(session: Session | Connection, stream_id: str) -> int:
     """The stream's committed version (0 for a stream that does not exist)."""
     check_stream_id(stream_id)
-    value = _conn(session).execute(select(streams.c.version).where(streams.c.stream_id == stream_id)).scalar()
+    value = connection_of(session).execute(select(streams.c.version).where(streams.c.stream_id == stream_id)).scalar()
     return int(value or 0)
 
 
@@ -245,7 +242,7 @@ def read_stream(
     check_stream_id(stream_id)
     if not isinstance(after_version, int) or isinstance(after_version, bool) or after_version < 0:
         raise ValueError(f"after_version must be an int >= 0, got {after_version!r}")
-    conn = _conn(session)
+    conn = connection_of(session)
     out: list[RecordedEvent] = []
     while True:
         rows = conn.execute(
@@ -282,7 +279,7 @@ def read_all(
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
     rows = (
-        _conn(session)
+        connection_of(session)
         .execute(select(events).where(events.c.position > after).order_by(events.c.position).limit(limit))
         .all()
     )
@@ -291,4 +288,4 @@ def read_all(
 
 def head_position(session: Session | Connection) -> int:
     """The highest committed position (0 when the store is empty)."""
-    return int(_conn(session).execute(select(func.coalesce(func.max(events.c.position), 0))).scalar_one())
+    return int(connection_of(session).execute(select(func.coalesce(func.max(events.c.position), 0))).scalar_one())

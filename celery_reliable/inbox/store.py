@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from ..config import duration_ms
 from ..jsoncodec import sha256_hex
 from ..schema import metadata
+from ..sessions import connection_of
 
 #: How long a processed message id is remembered unless told otherwise: longer than any
 #: redelivery (broker visibility timeouts, outbox relays catching up after an outage).
@@ -56,10 +57,6 @@ def stored_id(message_id: str) -> str:
     return "#" + sha256_hex(message_id)
 
 
-def _connection(session: Session | Connection) -> Connection:
-    return session.connection() if isinstance(session, Session) else session
-
-
 def record(session: Session | Connection, consumer: str, message_id: str, ttl: float | timedelta = DEFAULT_TTL) -> bool:
     """Record that ``consumer`` processes ``message_id``, in the caller's transaction.
 
@@ -86,7 +83,7 @@ def record(session: Session | Connection, consumer: str, message_id: str, ttl: f
     ttl_ms = duration_ms("inbox_ttl", ttl)
     if ttl_ms < 1000:
         raise ValueError(f"inbox_ttl must be at least one second, got {ttl!r}")
-    conn = _connection(session)
+    conn = connection_of(session)
     now = _utcnow()
     values = {
         "consumer": consumer,
@@ -123,7 +120,7 @@ def record(session: Session | Connection, consumer: str, message_id: str, ttl: f
 def seen(conn: Session | Connection, consumer: str, message_id: str) -> bool:
     """Whether ``consumer`` committed ``message_id`` and it has not expired."""
     row = (
-        _connection(conn)
+        connection_of(conn)
         .execute(
             select(inbox.c.message_id).where(
                 inbox.c.consumer == consumer,

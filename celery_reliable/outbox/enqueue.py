@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from .. import jsoncodec
 from ..errors import MessageTooLarge
+from ..sessions import connection_of
 from .model import CHANNEL, PENDING, outbox
 from .settings import outbox_config
 
@@ -82,7 +83,7 @@ def enqueue(
         TypeError: a canvas (chain, group, chord), or args given with a signature.
         ValueError: a wrong ordering key or option.
     """
-    conn = session.connection() if isinstance(session, Session) else session
+    conn = connection_of(session)
     message_id, statements = _statements(conn.dialect.name, task, args, kwargs, ordering_key, app, notify, options)
     for stmt in statements:
         conn.execute(stmt)

@@ -8,7 +8,7 @@ from ..jsoncodec import loads
 from . import store
 from .driver import describe, engine
 from .errors import SagaNotFound
-from .model import COMPENSATED, COMPENSATING, COMPLETED, FAILED, RUNNING
+from .model import COMPENSATING, FAILED, RUNNING, STATES
 from .saga import get_saga
 
 if TYPE_CHECKING:
@@ -77,5 +77,4 @@ def saga_counts(app: Celery) -> dict[str, dict[str, int]]:
     """``{saga name: {state: count}}`` for every state, zeros included."""
     with engine(app).connect() as conn:
         found = store.counts(conn)
-    states = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
-    return {name: {s: by_state.get(s, 0) for s in states} for name, by_state in sorted(found.items())}
+    return {name: {s: by_state.get(s, 0) for s in STATES} for name, by_state in sorted(found.items())}

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from celery_reliable.saga import COMPENSATED, COMPLETED
@@ -29,27 +27,17 @@ FAILPOINT = "saga_before_send"
 
 @pytest.fixture(scope="module")
 def db() -> Iterator[Engine]:
-    eng = create_engine(saga_app.DATABASE_URL)
-    saga_app.setup_tables(eng)
-    yield eng
-    saga_app.drop_rows(eng, STARTED)
-    eng.dispose()
+    with saga_app.database(STARTED) as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
 def worker(db: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    log_dir: Path = tmp_path_factory.mktemp("saga-faults")
-    env = {
-        "TEST_QUEUE": saga_app.QUEUE,
-        "CELERY_RELIABLE_FAILPOINTS": FAILPOINT,
-        "CELERY_RELIABLE_FAILPOINTS_URL": saga_app.REDIS_URL,
-    }
-    w = WorkerProcess("saga-chaos", env, log_dir, app="tests.saga_app", concurrency=2)
+    env = {"CELERY_RELIABLE_FAILPOINTS": FAILPOINT, "CELERY_RELIABLE_FAILPOINTS_URL": saga_app.REDIS_URL}
     try:
-        yield w.wait_ready()
+        with saga_app.running_worker("saga-chaos", tmp_path_factory.mktemp("saga-faults"), env) as w:
+            yield w
     finally:
-        w.stop(grace=5)
-        saga_app.drop_keys()
         client = redis.Redis.from_url(saga_app.REDIS_URL)
         for saga_id in STARTED:  # the failpoint's own records (not under the run's prefix)
             for k in client.scan_iter(match=f"failpoint:{FAILPOINT}:{saga_id}:*"):

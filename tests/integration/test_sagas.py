@@ -10,12 +10,10 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from celery_reliable.saga import COMPENSATED, COMPLETED, RUNNING, SagaConflict, saga_status
@@ -29,22 +27,14 @@ STARTED: list[str] = []
 
 @pytest.fixture(scope="module")
 def db() -> Iterator[Engine]:
-    eng = create_engine(saga_app.DATABASE_URL)
-    saga_app.setup_tables(eng)
-    yield eng
-    saga_app.drop_rows(eng, STARTED)
-    eng.dispose()
+    with saga_app.database(STARTED) as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
 def worker(db: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    log_dir: Path = tmp_path_factory.mktemp("sagas")
-    w = WorkerProcess("saga-int", {"TEST_QUEUE": saga_app.QUEUE}, log_dir, app="tests.saga_app", concurrency=2)
-    try:
-        yield w.wait_ready()
-    finally:
-        w.stop(grace=5)
-        saga_app.drop_keys()
+    with saga_app.running_worker("saga-int", tmp_path_factory.mktemp("sagas")) as w:
+        yield w
 
 
 def _start(saga: object, **payload: object) -> str:
